@@ -1,0 +1,30 @@
+//! The mesh's data model: what runs where, independent of where we learned it.
+//!
+//! Every registry source (file, etcd, Kubernetes) produces the same [`Object`]s; the
+//! [`Model`] indexes them and answers the questions the xDS layer asks (which
+//! services are meshed, which workloads back a service port). Nothing here does I/O,
+//! so the same code serves the controller, `meshctl` and tests.
+#![forbid(unsafe_code)]
+
+mod error;
+mod identity;
+mod model;
+mod objects;
+mod parse;
+
+pub use error::{ModelError, ModelErrorKind};
+pub use identity::Identity;
+pub use model::{Endpoint, Model, ModelOptions, ServicePortView};
+pub use objects::{
+    Namespace, Object, ObjectKey, Service, ServicePort, TargetPort, Workload, WorkloadPort,
+};
+pub use parse::{parse_documents, render_documents};
+
+/// The namespace label that puts a namespace's workloads in the mesh.
+pub const INJECT_LABEL: &str = "mesh.io/inject";
+/// The annotation that opts one workload out of its namespace's mesh.
+pub const INJECT_ANNOTATION: &str = "mesh.io/inject";
+/// The default Kubernetes cluster domain used in service FQDNs.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+/// The default SPIFFE trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";

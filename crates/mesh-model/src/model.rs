@@ -1,0 +1,276 @@
+//! The indexed view of every registry object, and the questions xDS asks of it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::identity::Identity;
+use crate::objects::{Namespace, Object, ObjectKey, Service, ServicePort, Workload};
+
+/// Settings that shape names derived from the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelOptions {
+    /// Cluster domain in service FQDNs (`<svc>.<ns>.svc.<domain>`).
+    pub cluster_domain: String,
+    /// SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            cluster_domain: crate::DEFAULT_CLUSTER_DOMAIN.into(),
+            trust_domain: crate::DEFAULT_TRUST_DOMAIN.into(),
+        }
+    }
+}
+
+/// Everything a registry knows, indexed. Immutable: a change builds a new model, so
+/// readers (xDS pushes in flight) never see half an update.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Model {
+    /// Naming settings.
+    pub options: ModelOptions,
+    namespaces: BTreeMap<String, Namespace>,
+    services: BTreeMap<ObjectKey, Service>,
+    workloads: BTreeMap<ObjectKey, Workload>,
+}
+
+/// One backend of a service port: where to send traffic and who answers there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// The application's address (workload IP and resolved target port).
+    pub address: SocketAddr,
+    /// The workload instance behind it.
+    pub workload: ObjectKey,
+    /// The identity the instance's certificate carries.
+    pub identity: Identity,
+    /// Whether a sidecar fronts it (false when the workload opted out).
+    pub sidecar: bool,
+}
+
+/// One port of a meshed service with its resolved endpoints.
+#[derive(Debug, Clone)]
+pub struct ServicePortView<'a> {
+    /// The service.
+    pub service: &'a Service,
+    /// The port.
+    pub port: &'a ServicePort,
+    /// `<name>.<namespace>.svc.<cluster-domain>`.
+    pub fqdn: String,
+}
+
+impl Model {
+    /// Indexes `objects`; later objects replace earlier ones with the same key.
+    pub fn new(objects: impl IntoIterator<Item = Object>, options: ModelOptions) -> Model {
+        let mut model = Model {
+            options,
+            ..Model::default()
+        };
+        for object in objects {
+            match object {
+                Object::Namespace(n) => {
+                    model.namespaces.insert(n.name.clone(), n);
+                }
+                Object::Service(s) => {
+                    model
+                        .services
+                        .insert(ObjectKey::new(&s.namespace, &s.name), s);
+                }
+                Object::Workload(w) => {
+                    model
+                        .workloads
+                        .insert(ObjectKey::new(&w.namespace, &w.name), w);
+                }
+            }
+        }
+        model
+    }
+
+    /// Whether `namespace` is labelled into the mesh.
+    pub fn is_meshed(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .and_then(|n| n.labels.get(crate::INJECT_LABEL))
+            .is_some_and(|v| v == "enabled")
+    }
+
+    /// All namespaces, meshed or not.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
+    /// Services in meshed namespaces, in a stable order.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services
+            .values()
+            .filter(|s| self.is_meshed(&s.namespace))
+    }
+
+    /// Workloads in meshed namespaces, in a stable order.
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.workloads
+            .values()
+            .filter(|w| self.is_meshed(&w.namespace))
+    }
+
+    /// A meshed workload by namespace and name.
+    pub fn workload(&self, namespace: &str, name: &str) -> Option<&Workload> {
+        self.workloads
+            .get(&ObjectKey::new(namespace, name))
+            .filter(|w| self.is_meshed(&w.namespace))
+    }
+
+    /// A meshed service by namespace and name.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .get(&ObjectKey::new(namespace, name))
+            .filter(|s| self.is_meshed(&s.namespace))
+    }
+
+    /// The service's fully qualified name.
+    pub fn fqdn(&self, service: &Service) -> String {
+        format!(
+            "{}.{}.svc.{}",
+            service.name, service.namespace, self.options.cluster_domain
+        )
+    }
+
+    /// Every port of every meshed service.
+    pub fn service_ports(&self) -> impl Iterator<Item = ServicePortView<'_>> {
+        self.services().flat_map(move |service| {
+            let fqdn = self.fqdn(service);
+            service.ports.iter().map(move |port| ServicePortView {
+                service,
+                port,
+                fqdn: fqdn.clone(),
+            })
+        })
+    }
+
+    /// The identity a workload's certificate carries.
+    pub fn identity(&self, workload: &Workload) -> Identity {
+        Identity::new(
+            &self.options.trust_domain,
+            &workload.namespace,
+            &workload.service_account,
+        )
+    }
+
+    /// Workloads selected by `service` that have an address and the target port.
+    ///
+    /// A selector with no labels selects nothing (as in Kubernetes, where such a
+    /// service's endpoints are managed by hand).
+    pub fn endpoints(&self, service: &Service, port: &ServicePort) -> Vec<Endpoint> {
+        if service.selector.is_empty() || !self.is_meshed(&service.namespace) {
+            return Vec::new();
+        }
+        self.workloads
+            .range(ObjectKey::new(&service.namespace, "")..)
+            .take_while(|(k, _)| k.namespace == service.namespace)
+            .map(|(_, w)| w)
+            .filter(|w| {
+                service
+                    .selector
+                    .iter()
+                    .all(|(k, v)| w.labels.get(k) == Some(v))
+            })
+            .filter_map(|w| {
+                let ip = w.address?;
+                let target = w.resolve_target(&port.target_port)?;
+                Some(Endpoint {
+                    address: SocketAddr::new(ip, target),
+                    workload: ObjectKey::new(&w.namespace, &w.name),
+                    identity: self.identity(w),
+                    sidecar: w.is_injected(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_documents;
+
+    fn model(text: &str) -> Model {
+        Model::new(parse_documents(text, "t").unwrap(), ModelOptions::default())
+    }
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {mesh.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {selector: {app: catalog}, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: old, namespace: legacy}
+spec: {selector: {app: old}, ports: [{port: 80}]}
+---
+apiVersion: mesh.io/v1alpha1
+kind: Workload
+metadata: {name: catalog-1, namespace: shop, labels: {app: catalog}}
+spec: {address: 127.0.1.1, ports: [{name: http, port: 8080}], serviceAccount: cat}
+---
+apiVersion: mesh.io/v1alpha1
+kind: Workload
+metadata: {name: catalog-2, namespace: shop, labels: {app: catalog}, annotations: {mesh.io/inject: disabled}}
+spec: {address: 127.0.1.2, ports: [{name: http, port: 8081}], serviceAccount: cat}
+---
+apiVersion: mesh.io/v1alpha1
+kind: Workload
+metadata: {name: catalog-3, namespace: shop, labels: {app: catalog}}
+spec: {ports: [{name: http, port: 8080}], serviceAccount: cat}
+---
+apiVersion: mesh.io/v1alpha1
+kind: Workload
+metadata: {name: other, namespace: shop, labels: {app: other}}
+spec: {address: 127.0.1.3, ports: [{name: http, port: 8080}], serviceAccount: cat}
+"#;
+
+    #[test]
+    fn only_labelled_namespaces_are_meshed() {
+        let m = model(MESH);
+        let names: Vec<_> = m.services().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["catalog"]);
+        assert!(m.service("legacy", "old").is_none());
+        let ports: Vec<_> = m.service_ports().map(|p| p.fqdn).collect();
+        assert_eq!(ports, ["catalog.shop.svc.cluster.local"]);
+    }
+
+    #[test]
+    fn endpoints_follow_selector_and_named_target() {
+        let m = model(MESH);
+        let svc = m.service("shop", "catalog").unwrap();
+        let eps = m.endpoints(svc, &svc.ports[0]);
+        let addrs: Vec<_> = eps.iter().map(|e| e.address.to_string()).collect();
+        // catalog-3 has no address yet; `other` is not selected.
+        assert_eq!(addrs, ["127.0.1.1:8080", "127.0.1.2:8081"]);
+        assert!(eps[0].sidecar);
+        assert!(!eps[1].sidecar, "opted-out workload has no sidecar");
+        assert_eq!(
+            eps[0].identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cat"
+        );
+    }
+
+    #[test]
+    fn empty_selector_selects_nothing() {
+        let m = model(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {mesh.io/inject: enabled}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n---\napiVersion: mesh.io/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {address: 127.0.0.2, serviceAccount: x}\n",
+        );
+        let svc = m.service("default", "a").unwrap();
+        assert!(m.endpoints(svc, &svc.ports[0]).is_empty());
+    }
+}

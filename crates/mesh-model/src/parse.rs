@@ -1,0 +1,492 @@
+//! Reading and writing registry documents (multi-document YAML or JSON).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ModelError, ModelErrorKind};
+use crate::objects::{Namespace, Object, Service, ServicePort, TargetPort, Workload, WorkloadPort};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDocument {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: RawMetadata,
+    #[serde(default)]
+    spec: serde_yaml::Value,
+}
+
+#[derive(Deserialize, Default)]
+struct RawMetadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// A Kubernetes ServiceSpec; fields the mesh does not use are tolerated so that real
+/// manifests can be applied as they are.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawServiceSpec {
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    #[serde(default)]
+    ports: Vec<RawServicePort>,
+    #[serde(default, rename = "clusterIP")]
+    cluster_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawServicePort {
+    #[serde(default)]
+    name: Option<String>,
+    port: i64,
+    #[serde(default)]
+    target_port: Option<RawTargetPort>,
+    #[serde(default)]
+    app_protocol: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTargetPort {
+    Number(i64),
+    Name(String),
+}
+
+/// The mesh's own Workload kind: strict, since a typo here is always a mistake.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawWorkloadSpec {
+    #[serde(default)]
+    address: Option<IpAddr>,
+    #[serde(default)]
+    ports: Vec<RawWorkloadPort>,
+    #[serde(default)]
+    service_account: Option<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    env: RawEnv,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkloadPort {
+    #[serde(default)]
+    name: Option<String>,
+    port: i64,
+}
+
+/// `env` as a map, or as Kubernetes' list of `{name, value}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEnv {
+    Map(BTreeMap<String, String>),
+    List(Vec<RawEnvVar>),
+}
+
+impl Default for RawEnv {
+    fn default() -> Self {
+        RawEnv::Map(BTreeMap::new())
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEnvVar {
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// Parses a stream of YAML (or JSON) documents into objects.
+///
+/// `origin` names the source in errors. Empty documents are skipped. The whole stream
+/// is rejected on the first bad document, so that a half-valid file never replaces a
+/// good state: callers keep what they had.
+pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelError> {
+    let mut objects = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc_no = index + 1;
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| {
+            ModelError::new(origin, Some(doc_no), ModelErrorKind::Malformed(e.to_string()))
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let object = parse_object(value).map_err(|(kind, object)| {
+            let err = ModelError::new(origin, Some(doc_no), kind);
+            match object {
+                Some(o) => err.with_object(o),
+                None => err,
+            }
+        })?;
+        let described = object.describe();
+        if let Some(first) = seen.insert(described.clone(), doc_no) {
+            return Err(ModelError::new(
+                origin,
+                Some(doc_no),
+                ModelErrorKind::Duplicate(described.clone(), first),
+            )
+            .with_object(described));
+        }
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+type ParseFailure = (ModelErrorKind, Option<String>);
+
+fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
+    if !value.is_mapping() {
+        return Err((
+            ModelErrorKind::Malformed("a document must be a mapping with apiVersion and kind".into()),
+            None,
+        ));
+    }
+    let raw: RawDocument =
+        serde_yaml::from_value(value).map_err(|e| (ModelErrorKind::Malformed(e.to_string()), None))?;
+    let described = |ns: &str| {
+        if ns.is_empty() {
+            format!("{}/{}", raw.kind, raw.metadata.name)
+        } else {
+            format!("{}/{}/{}", raw.kind, ns, raw.metadata.name)
+        }
+    };
+    let namespace = raw
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    let fail = |kind: ModelErrorKind, ns: &str| (kind, Some(described(ns)));
+    match (raw.api_version.as_str(), raw.kind.as_str()) {
+        ("v1", "Namespace") => {
+            check_name("metadata.name", &raw.metadata.name).map_err(|k| fail(k, ""))?;
+            Ok(Object::Namespace(Namespace {
+                name: raw.metadata.name.clone(),
+                labels: raw.metadata.labels.clone(),
+            }))
+        }
+        ("v1", "Service") => parse_service(&raw, &namespace).map_err(|k| fail(k, &namespace)),
+        ("mesh.io/v1alpha1", "Workload") => {
+            parse_workload(&raw, &namespace).map_err(|k| fail(k, &namespace))
+        }
+        ("gateway.networking.k8s.io/v1", "HTTPRoute")
+        | ("mesh.io/v1alpha1", "TrafficPolicy")
+        | ("mesh.io/v1alpha1", "AuthorizationPolicy") => Err(fail(
+            ModelErrorKind::Unsupported(raw.kind.clone()),
+            &namespace,
+        )),
+        _ => Err(fail(
+            ModelErrorKind::UnknownKind {
+                kind: raw.kind.clone(),
+                api_version: raw.api_version.clone(),
+            },
+            &namespace,
+        )),
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ModelErrorKind {
+    ModelErrorKind::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Names must be RFC 1123 labels: they end up in DNS names and SPIFFE IDs.
+fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{name:?} must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
+        ))
+    }
+}
+
+fn check_port(field: &str, port: i64) -> Result<u16, ModelErrorKind> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(field, format!("port {port} is out of range 1-65535")))
+}
+
+fn spec<T: serde::de::DeserializeOwned>(raw: &RawDocument) -> Result<T, ModelErrorKind> {
+    let spec = if raw.spec.is_null() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        raw.spec.clone()
+    };
+    serde_yaml::from_value(spec).map_err(|e| invalid("spec", e.to_string()))
+}
+
+fn parse_service(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErrorKind> {
+    check_name("metadata.name", &raw.metadata.name)?;
+    check_name("metadata.namespace", namespace)?;
+    let spec: RawServiceSpec = spec(raw)?;
+    if spec.ports.is_empty() {
+        return Err(invalid("spec.ports", "a service needs at least one port"));
+    }
+    let mut ports = Vec::with_capacity(spec.ports.len());
+    for (i, p) in spec.ports.iter().enumerate() {
+        let port = check_port(&format!("spec.ports[{i}].port"), p.port)?;
+        let target_port = match &p.target_port {
+            None => TargetPort::Number(port),
+            Some(RawTargetPort::Number(n)) => {
+                TargetPort::Number(check_port(&format!("spec.ports[{i}].targetPort"), *n)?)
+            }
+            Some(RawTargetPort::Name(n)) => match n.parse::<i64>() {
+                Ok(n) => TargetPort::Number(check_port(&format!("spec.ports[{i}].targetPort"), n)?),
+                Err(_) => TargetPort::Name(n.clone()),
+            },
+        };
+        if ports.iter().any(|q: &ServicePort| q.port == port) {
+            return Err(invalid(
+                format!("spec.ports[{i}].port"),
+                format!("port {port} is listed twice"),
+            ));
+        }
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            port,
+            target_port,
+            app_protocol: p.app_protocol.clone(),
+        });
+    }
+    let cluster_ip = match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => None,
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| invalid("spec.clusterIP", format!("{ip:?} is not an IP address")))?,
+        ),
+    };
+    Ok(Object::Service(Service {
+        name: raw.metadata.name.clone(),
+        namespace: namespace.to_string(),
+        selector: spec.selector,
+        ports,
+        cluster_ip,
+    }))
+}
+
+fn parse_workload(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErrorKind> {
+    check_name("metadata.name", &raw.metadata.name)?;
+    check_name("metadata.namespace", namespace)?;
+    let spec: RawWorkloadSpec = spec(raw)?;
+    let mut ports: Vec<WorkloadPort> = Vec::with_capacity(spec.ports.len());
+    for (i, p) in spec.ports.iter().enumerate() {
+        let port = check_port(&format!("spec.ports[{i}].port"), p.port)?;
+        if ports.iter().any(|q| q.port == port) {
+            return Err(invalid(
+                format!("spec.ports[{i}].port"),
+                format!("port {port} is listed twice"),
+            ));
+        }
+        ports.push(WorkloadPort {
+            name: p.name.clone(),
+            port,
+        });
+    }
+    let service_account = spec.service_account.unwrap_or_else(|| "default".into());
+    check_name("spec.serviceAccount", &service_account)?;
+    let env = match spec.env {
+        RawEnv::Map(m) => m,
+        RawEnv::List(l) => l.into_iter().map(|v| (v.name, v.value)).collect(),
+    };
+    Ok(Object::Workload(Workload {
+        name: raw.metadata.name.clone(),
+        namespace: namespace.to_string(),
+        labels: raw.metadata.labels.clone(),
+        annotations: raw.metadata.annotations.clone(),
+        address: spec.address,
+        ports,
+        service_account,
+        command: spec.command,
+        env,
+    }))
+}
+
+/// Writes objects back as Kubernetes-shaped YAML documents that
+/// [`parse_documents`] reads again unchanged.
+pub fn render_documents(objects: &[Object]) -> String {
+    let mut out = String::new();
+    for object in objects {
+        let doc = match object {
+            Object::Namespace(n) => json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": n.name, "labels": n.labels},
+            }),
+            Object::Service(s) => {
+                let ports: Vec<_> = s
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let mut v = json!({"port": p.port, "targetPort": p.target_port});
+                        if let Some(name) = &p.name {
+                            v["name"] = json!(name);
+                        }
+                        if let Some(proto) = &p.app_protocol {
+                            v["appProtocol"] = json!(proto);
+                        }
+                        v
+                    })
+                    .collect();
+                let mut spec = json!({"selector": s.selector, "ports": ports});
+                if let Some(ip) = s.cluster_ip {
+                    spec["clusterIP"] = json!(ip.to_string());
+                }
+                json!({
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": s.name, "namespace": s.namespace},
+                    "spec": spec,
+                })
+            }
+            Object::Workload(w) => {
+                let mut spec = json!({"ports": w.ports, "serviceAccount": w.service_account});
+                if let Some(addr) = w.address {
+                    spec["address"] = json!(addr.to_string());
+                }
+                if !w.command.is_empty() {
+                    spec["command"] = json!(w.command);
+                }
+                if !w.env.is_empty() {
+                    spec["env"] = json!(w.env);
+                }
+                json!({
+                    "apiVersion": "mesh.io/v1alpha1", "kind": "Workload",
+                    "metadata": {
+                        "name": w.name, "namespace": w.namespace,
+                        "labels": w.labels, "annotations": w.annotations,
+                    },
+                    "spec": spec,
+                })
+            }
+        };
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&doc).expect("JSON values always render as YAML"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {mesh.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: default}
+spec:
+  selector: {app: catalog}
+  ports: [{name: http, port: 8080, targetPort: web}]
+  type: ClusterIP
+---
+apiVersion: mesh.io/v1alpha1
+kind: Workload
+metadata: {name: catalog-1, labels: {app: catalog}}
+spec:
+  address: 127.0.1.1
+  ports: [{name: web, port: 9090}]
+  serviceAccount: catalog
+  env: [{name: A, value: b}]
+"#;
+
+    fn err(text: &str) -> ModelError {
+        parse_documents(text, "mesh.yaml").unwrap_err()
+    }
+
+    #[test]
+    fn parses_all_kinds_and_round_trips() {
+        let objects = parse_documents(GOOD, "mesh.yaml").unwrap();
+        assert_eq!(objects.len(), 3);
+        let Object::Service(svc) = &objects[1] else {
+            panic!("not a service")
+        };
+        assert_eq!(svc.ports[0].target_port, TargetPort::Name("web".into()));
+        let Object::Workload(w) = &objects[2] else {
+            panic!("not a workload")
+        };
+        assert_eq!(w.namespace, "default");
+        assert_eq!(w.env.get("A").map(String::as_str), Some("b"));
+        let again = parse_documents(&render_documents(&objects), "rendered").unwrap();
+        assert_eq!(again, objects);
+    }
+
+    #[test]
+    fn malformed_yaml_names_file_and_document() {
+        let e = err("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n");
+        assert!(matches!(e.kind, ModelErrorKind::Malformed(_)), "{e}");
+        assert_eq!(e.document, Some(2));
+        assert!(e.to_string().starts_with("mesh.yaml: document 2"), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_unsupported_kinds() {
+        let e = err("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
+        assert!(matches!(e.kind, ModelErrorKind::UnknownKind { .. }), "{e}");
+        let e = err("apiVersion: mesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\n");
+        assert_eq!(e.kind, ModelErrorKind::Unsupported("TrafficPolicy".into()));
+        assert!(e.to_string().contains("not supported yet"));
+    }
+
+    #[test]
+    fn duplicates_name_both_documents() {
+        let doc = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
+        let e = err(&format!("{doc}---\n{doc}"));
+        assert_eq!(e.kind, ModelErrorKind::Duplicate("Namespace/a".into(), 1));
+        assert_eq!(e.document, Some(2));
+    }
+
+    #[test]
+    fn ports_out_of_range() {
+        for port in ["0", "65536", "-1"] {
+            let text = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{ports: [{{port: {port}}}]}}\n"
+            );
+            let e = err(&text);
+            assert!(
+                matches!(&e.kind, ModelErrorKind::Invalid { field, .. } if field == "spec.ports[0].port"),
+                "{e}"
+            );
+            assert!(e.to_string().contains("out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn workload_typos_are_errors() {
+        let e = err("apiVersion: mesh.io/v1alpha1\nkind: Workload\nmetadata: {name: a}\nspec: {adress: 127.0.0.1}\n");
+        assert!(e.to_string().contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn bad_names() {
+        let e = err("apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad_Name}\n");
+        assert!(matches!(e.kind, ModelErrorKind::Invalid { .. }), "{e}");
+    }
+}

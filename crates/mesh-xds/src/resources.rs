@@ -1,0 +1,331 @@
+//! Model -> Envoy v3 resources. Each function builds one resource from plain inputs,
+//! so the shapes real clients insist on live in one place and are tested here.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Http2ProtocolOptions,
+    Locality, SocketAddress, TrafficDirection, address, config_source::ConfigSourceSpecifier,
+    socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    ApiListener, Filter, FilterChain, FilterChainMatch, Listener, filter::ConfigType,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
+    route_action::ClusterSpecifier, route_match::PathSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
+    http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options::ExplicitHttpConfig,
+    http_protocol_options::UpstreamProtocolOptions,
+    http_protocol_options::explicit_http_config::ProtocolConfig,
+};
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use mesh_model::Endpoint;
+
+use crate::any::pack;
+use crate::metadata::{self, mesh_metadata};
+use crate::names;
+
+/// The well-known name of Envoy's HTTP connection manager network filter.
+pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+/// The well-known name of Envoy's router HTTP filter.
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// The key of upstream HTTP protocol options in a cluster's extension options.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Endpoint metadata field: the SPIFFE identity the endpoint's certificate carries.
+pub const META_IDENTITY: &str = "identity";
+/// Endpoint metadata field: the workload instance name.
+pub const META_WORKLOAD: &str = "workload";
+/// Endpoint metadata field: the workload's namespace.
+pub const META_NAMESPACE: &str = "namespace";
+/// Endpoint metadata field: the inbound port of the endpoint's sidecar (absent when
+/// the workload runs without one, and callers then connect to the app directly).
+pub const META_SIDECAR_PORT: &str = "sidecar_port";
+
+/// Whether a Kubernetes `appProtocol` means HTTP/2 to the application.
+pub fn is_http2(app_protocol: Option<&str>) -> bool {
+    matches!(
+        app_protocol,
+        Some("grpc" | "h2c" | "http2" | "kubernetes.io/h2c" | "grpc-web")
+    )
+}
+
+/// An ADS config source: every dependent resource comes over the same stream.
+pub fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// A socket address.
+pub fn socket_address(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The router filter, with the `typed_config` gRPC clients require.
+fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: ROUTER_FILTER.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+        ..Default::default()
+    }
+}
+
+fn http_connection_manager(stat_prefix: &str, routes: RouteSpecifier) -> HttpConnectionManager {
+    HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: stat_prefix.into(),
+        route_specifier: Some(routes),
+        http_filters: vec![router_filter()],
+        ..Default::default()
+    }
+}
+
+fn rds(route_name: &str) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(ads_config_source()),
+        route_config_name: route_name.into(),
+    })
+}
+
+fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
+    Filter {
+        name: HCM_FILTER.into(),
+        config_type: Some(ConfigType::TypedConfig(pack(hcm))),
+    }
+}
+
+/// The sidecar's outbound listener: HTTP routed by authority through RDS `outbound`.
+pub fn outbound_listener() -> Listener {
+    let hcm = http_connection_manager(names::OUTBOUND, rds(names::OUTBOUND));
+    Listener {
+        name: names::OUTBOUND.into(),
+        address: Some(socket_address(SocketAddr::from((
+            [0, 0, 0, 0],
+            names::OUTBOUND_PORT,
+        )))),
+        filter_chains: vec![FilterChain {
+            name: names::OUTBOUND.into(),
+            filters: vec![hcm_filter(&hcm)],
+            ..Default::default()
+        }],
+        traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// The sidecar's inbound listener: one filter chain per app port, each routing
+/// everything to that port's inbound cluster.
+pub fn inbound_listener(app_ports: &[u16]) -> Listener {
+    let filter_chains = app_ports
+        .iter()
+        .map(|&port| {
+            let cluster = names::inbound_cluster(port);
+            let routes = RouteSpecifier::RouteConfig(single_route(&cluster, &cluster, &["*"]));
+            FilterChain {
+                name: cluster.clone(),
+                filter_chain_match: Some(FilterChainMatch {
+                    destination_port: Some(UInt32Value {
+                        value: u32::from(port),
+                    }),
+                    ..Default::default()
+                }),
+                filters: vec![hcm_filter(&http_connection_manager(&cluster, routes))],
+                ..Default::default()
+            }
+        })
+        .collect();
+    Listener {
+        name: names::INBOUND.into(),
+        address: Some(socket_address(SocketAddr::from((
+            [0, 0, 0, 0],
+            names::INBOUND_PORT,
+        )))),
+        filter_chains,
+        traffic_direction: TrafficDirection::Inbound as i32,
+        ..Default::default()
+    }
+}
+
+/// The API listener a proxyless gRPC client asks for by `<fqdn>:<port>`.
+pub fn api_listener(name: &str) -> Listener {
+    let hcm = http_connection_manager(name, rds(name));
+    Listener {
+        name: name.into(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack(&hcm)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn route_to(cluster: &str) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(String::new())),
+            ..Default::default()
+        }),
+        action: Some(Action::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A route configuration with one virtual host sending everything to `cluster`.
+pub fn single_route(name: &str, cluster: &str, domains: &[&str]) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            routes: vec![route_to(cluster)],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A virtual host for one service port, reachable by `domains`.
+pub fn service_virtual_host(cluster: &str, domains: Vec<String>) -> VirtualHost {
+    VirtualHost {
+        name: cluster.into(),
+        domains,
+        routes: vec![route_to(cluster)],
+        ..Default::default()
+    }
+}
+
+fn http2_options() -> (String, envoy_types::pb::google::protobuf::Any) {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    (HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options))
+}
+
+fn base_cluster(name: &str, http2: bool) -> Cluster {
+    Cluster {
+        name: name.into(),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        lb_policy: LbPolicy::RoundRobin as i32,
+        typed_extension_protocol_options: http2.then(http2_options).into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// The EDS cluster of a service port; `http2` when the app speaks HTTP/2 (gRPC).
+pub fn service_cluster(name: &str, http2: bool) -> Cluster {
+    Cluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
+        ..base_cluster(name, http2)
+    }
+}
+
+/// The static cluster that delivers inbound traffic to the local app.
+pub fn inbound_cluster(app: SocketAddr, http2: bool) -> Cluster {
+    let name = names::inbound_cluster(app.port());
+    Cluster {
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.clone(),
+            endpoints: vec![locality_endpoints(vec![lb_endpoint(app, None)])],
+            ..Default::default()
+        }),
+        ..base_cluster(&name, http2)
+    }
+}
+
+fn lb_endpoint(addr: SocketAddr, metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(socket_address(addr)),
+            ..Default::default()
+        })),
+        health_status: HealthStatus::Healthy as i32,
+        metadata,
+        load_balancing_weight: Some(UInt32Value { value: 1 }),
+    }
+}
+
+/// One locality holding every endpoint. gRPC clients drop a locality without a
+/// `load_balancing_weight`, so it always has one.
+fn locality_endpoints(lb_endpoints: Vec<LbEndpoint>) -> LocalityLbEndpoints {
+    LocalityLbEndpoints {
+        locality: Some(Locality::default()),
+        lb_endpoints,
+        load_balancing_weight: Some(UInt32Value { value: 1 }),
+        ..Default::default()
+    }
+}
+
+/// The load assignment of a service port: its endpoints with the mesh's metadata.
+pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
+    let lb_endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|ep| {
+            let mut fields = vec![
+                (META_IDENTITY, metadata::string(ep.identity.to_string())),
+                (META_WORKLOAD, metadata::string(&ep.workload.name)),
+                (META_NAMESPACE, metadata::string(&ep.workload.namespace)),
+            ];
+            if ep.sidecar {
+                fields.push((
+                    META_SIDECAR_PORT,
+                    metadata::number(f64::from(names::INBOUND_PORT)),
+                ));
+            }
+            lb_endpoint(ep.address, Some(mesh_metadata(fields)))
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: cluster.into(),
+        endpoints: if lb_endpoints.is_empty() {
+            Vec::new()
+        } else {
+            vec![locality_endpoints(lb_endpoints)]
+        },
+        ..Default::default()
+    }
+}

@@ -1,0 +1,241 @@
+//! Immutable sets of built resources, and each proxy's view of them.
+//!
+//! A [`Snapshot`] is built once per model change and shared by every connected proxy;
+//! resources common to many proxies (clusters, endpoints, per-namespace routes) are
+//! encoded once. A [`ProxyView`] adds what is specific to one proxy (its inbound
+//! listener and clusters) and answers "what does this proxy get?".
+//!
+//! The rule for what a proxy gets:
+//! - LDS: its `outbound` listener, its `inbound` listener if it fronts a known workload,
+//!   and, by name only, the API listener `<fqdn>:<port>` of any meshed service port.
+//! - RDS: the `outbound` routes for its namespace (short names resolve there), and by
+//!   name the `<fqdn>:<port>` route of an API listener.
+//! - CDS: one EDS cluster per meshed service port, plus `inbound|<port>` clusters for
+//!   its own workload's ports.
+//! - EDS: the load assignment of each meshed service port.
+//!
+//! Nothing from a namespace outside the mesh is ever sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use envoy_types::pb::google::protobuf::Any;
+use mesh_model::Model;
+use prost::{Message, Name};
+
+use crate::node::ProxyNode;
+use crate::types::ResourceType;
+use crate::{names, resources, version};
+
+/// One encoded resource with its content version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// The resource's name.
+    pub name: String,
+    /// A hash of its encoded bytes.
+    pub version: String,
+    /// The resource, packed.
+    pub body: Any,
+}
+
+impl Resource {
+    /// Encodes `message` once; the result is shared by every proxy that gets it.
+    pub fn new<M: Message + Name>(name: impl Into<String>, message: &M) -> Arc<Resource> {
+        let body = crate::any::pack(message);
+        Arc::new(Resource {
+            name: name.into(),
+            version: version::of_bytes(&body.value),
+            body,
+        })
+    }
+}
+
+type ByName = BTreeMap<String, Arc<Resource>>;
+
+/// Every shared resource built from one model.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every build; for logs and debugging.
+    pub generation: u64,
+    /// The model the resources were built from.
+    pub model: Arc<Model>,
+    clusters: ByName,
+    endpoints: ByName,
+    api_listeners: ByName,
+    api_routes: ByName,
+    outbound_listener: Arc<Resource>,
+    outbound_routes: HashMap<String, Arc<Resource>>,
+}
+
+impl Snapshot {
+    /// Builds every shared resource of `model`.
+    pub fn build(model: Arc<Model>, generation: u64) -> Snapshot {
+        let mut clusters = ByName::new();
+        let mut endpoints = ByName::new();
+        let mut api_listeners = ByName::new();
+        let mut api_routes = ByName::new();
+        for view in model.service_ports() {
+            let name = names::service_port(&view.fqdn, view.port.port);
+            let http2 = resources::is_http2(view.port.app_protocol.as_deref());
+            clusters.insert(
+                name.clone(),
+                Resource::new(&name, &resources::service_cluster(&name, http2)),
+            );
+            let eps = model.endpoints(view.service, view.port);
+            endpoints.insert(
+                name.clone(),
+                Resource::new(&name, &resources::load_assignment(&name, &eps)),
+            );
+            api_listeners.insert(
+                name.clone(),
+                Resource::new(&name, &resources::api_listener(&name)),
+            );
+            let domains = [name.as_str(), view.fqdn.as_str()];
+            api_routes.insert(
+                name.clone(),
+                Resource::new(&name, &resources::single_route(&name, &name, &domains)),
+            );
+        }
+        let mut namespaces: Vec<String> = model.namespaces().map(|n| n.name.clone()).collect();
+        namespaces.push("default".into());
+        let outbound_routes = namespaces
+            .into_iter()
+            .map(|ns| {
+                let routes = outbound_routes(&model, &ns);
+                (ns, routes)
+            })
+            .collect();
+        Snapshot {
+            generation,
+            clusters,
+            endpoints,
+            api_listeners,
+            api_routes,
+            outbound_listener: Resource::new(names::OUTBOUND, &resources::outbound_listener()),
+            outbound_routes,
+            model,
+        }
+    }
+}
+
+fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
+    let virtual_hosts = model
+        .service_ports()
+        .map(|view| {
+            let cluster = names::service_port(&view.fqdn, view.port.port);
+            let domains = names::service_domains(
+                &view.service.name,
+                &view.service.namespace,
+                &model.options.cluster_domain,
+                view.port.port,
+                client_namespace,
+                view.service.cluster_ip,
+            );
+            resources::service_virtual_host(&cluster, domains)
+        })
+        .collect();
+    let config = envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+        name: names::OUTBOUND.into(),
+        virtual_hosts,
+        ..Default::default()
+    };
+    Resource::new(names::OUTBOUND, &config)
+}
+
+/// One proxy's view of a snapshot.
+#[derive(Debug, Clone)]
+pub struct ProxyView {
+    snapshot: Arc<Snapshot>,
+    outbound_routes: Arc<Resource>,
+    inbound_listener: Option<Arc<Resource>>,
+    inbound_clusters: ByName,
+}
+
+impl ProxyView {
+    /// What `node` gets from `snapshot`.
+    pub fn new(snapshot: Arc<Snapshot>, node: &ProxyNode) -> ProxyView {
+        let model = &snapshot.model;
+        let outbound_routes = snapshot
+            .outbound_routes
+            .get(&node.namespace)
+            .cloned()
+            .unwrap_or_else(|| outbound_routes(model, &node.namespace));
+        let workload = node
+            .workload
+            .as_deref()
+            .and_then(|w| model.workload(&node.namespace, w))
+            .filter(|w| w.address.is_some());
+        let mut inbound_clusters = ByName::new();
+        let inbound_listener = workload.map(|w| {
+            let ip = w.address.expect("filtered on address");
+            let ports: Vec<u16> = w.ports.iter().map(|p| p.port).collect();
+            for &port in &ports {
+                let http2 = model
+                    .services()
+                    .filter(|s| s.namespace == w.namespace)
+                    .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
+                    .any(|(s, p)| {
+                        s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                            && !s.selector.is_empty()
+                            && w.resolve_target(&p.target_port) == Some(port)
+                            && resources::is_http2(p.app_protocol.as_deref())
+                    });
+                let cluster = resources::inbound_cluster(SocketAddr::new(ip, port), http2);
+                inbound_clusters.insert(cluster.name.clone(), Resource::new(&cluster.name, &cluster));
+            }
+            Resource::new(names::INBOUND, &resources::inbound_listener(&ports))
+        });
+        ProxyView {
+            snapshot,
+            outbound_routes,
+            inbound_listener,
+            inbound_clusters,
+        }
+    }
+
+    /// The snapshot this view was taken from.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Everything of type `ty` this proxy gets when it subscribes to all (wildcard).
+    pub fn wildcard(&self, ty: ResourceType) -> Vec<Arc<Resource>> {
+        let s = &self.snapshot;
+        match ty {
+            ResourceType::Listener => std::iter::once(s.outbound_listener.clone())
+                .chain(self.inbound_listener.clone())
+                .collect(),
+            ResourceType::Route => vec![self.outbound_routes.clone()],
+            ResourceType::Cluster => s
+                .clusters
+                .values()
+                .chain(self.inbound_clusters.values())
+                .cloned()
+                .collect(),
+            ResourceType::Endpoint => s.endpoints.values().cloned().collect(),
+        }
+    }
+
+    /// The resource of type `ty` called `name`, if this proxy may have it.
+    pub fn get(&self, ty: ResourceType, name: &str) -> Option<Arc<Resource>> {
+        let s = &self.snapshot;
+        match ty {
+            ResourceType::Listener => match name {
+                names::OUTBOUND => Some(s.outbound_listener.clone()),
+                names::INBOUND => self.inbound_listener.clone(),
+                _ => s.api_listeners.get(name).cloned(),
+            },
+            ResourceType::Route => match name {
+                names::OUTBOUND => Some(self.outbound_routes.clone()),
+                _ => s.api_routes.get(name).cloned(),
+            },
+            ResourceType::Cluster => s
+                .clusters
+                .get(name)
+                .or_else(|| self.inbound_clusters.get(name))
+                .cloned(),
+            ResourceType::Endpoint => s.endpoints.get(name).cloned(),
+        }
+    }
+}

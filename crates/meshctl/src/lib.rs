@@ -1,0 +1,2 @@
+//! `meshctl`: the operator's CLI.
+#![forbid(unsafe_code)]
