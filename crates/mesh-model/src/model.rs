@@ -32,9 +32,20 @@ impl Default for ModelOptions {
 pub struct Model {
     /// Naming settings.
     pub options: ModelOptions,
+    #[serde(serialize_with = "values")]
     namespaces: BTreeMap<String, Namespace>,
+    #[serde(serialize_with = "values")]
     services: BTreeMap<ObjectKey, Service>,
+    #[serde(serialize_with = "values")]
     workloads: BTreeMap<ObjectKey, Workload>,
+}
+
+/// Maps serialize as lists of their values: JSON keys must be strings.
+fn values<K, V: Serialize, S: serde::Serializer>(
+    map: &BTreeMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.values())
 }
 
 /// One backend of a service port: where to send traffic and who answers there.

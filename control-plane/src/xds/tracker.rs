@@ -1,0 +1,214 @@
+//! What both ADS variants share: reading the first request's node, counting the
+//! stream, and tracking sent nonces against ACKs and NACKs per type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use mesh_xds::{ProxyNode, ResourceType};
+use tonic::Status;
+
+use super::XdsContext;
+use super::status::SyncStatus;
+use crate::metrics::Metrics;
+
+/// How a request's nonce relates to what was sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// No nonce: a new subscription, not a reply.
+    Initial,
+    /// A reply to an older response; superseded, so ignored for ACK purposes.
+    Stale,
+    /// The proxy accepted the latest response.
+    Ack,
+    /// The proxy rejected the latest response.
+    Nack,
+}
+
+#[derive(Debug, Default)]
+struct Sent {
+    nonce: String,
+    version: String,
+    /// When the registry change behind this push happened (None for initial pushes).
+    change_at: Option<Instant>,
+}
+
+/// One stream's bookkeeping, registered in the sync registry while it lives.
+pub struct StreamTracker {
+    /// The proxy on the other end.
+    pub node: ProxyNode,
+    ctx: XdsContext,
+    id: u64,
+    next_nonce: u64,
+    sent: HashMap<ResourceType, Sent>,
+}
+
+impl StreamTracker {
+    /// Registers a stream for the node of its first request. gRPC clients send the
+    /// node only there, so it is remembered for the stream's life.
+    pub fn open(
+        ctx: &XdsContext,
+        node: Option<&Node>,
+        protocol: &'static str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<StreamTracker, Status> {
+        let node = node.ok_or_else(|| {
+            Status::invalid_argument("the first request of an ADS stream must carry a node")
+        })?;
+        if node.id.is_empty() {
+            return Err(Status::invalid_argument("the node must have a non-empty id"));
+        }
+        let node = ProxyNode::from_node(node);
+        let id = ctx.sync.register(&node, protocol);
+        ctx.metrics.connected_proxies.inc();
+        tracing::info!(node = %node.id, workload = ?node.workload, namespace = %node.namespace, ?peer, protocol, "proxy connected");
+        Ok(StreamTracker {
+            node,
+            ctx: ctx.clone(),
+            id,
+            next_nonce: 0,
+            sent: HashMap::new(),
+        })
+    }
+
+    /// Classifies a request's nonce and records an ACK or NACK.
+    pub fn reply(
+        &mut self,
+        ty: ResourceType,
+        nonce: &str,
+        error: Option<&RpcStatus>,
+    ) -> Reply {
+        if nonce.is_empty() {
+            return Reply::Initial;
+        }
+        let Some(sent) = self.sent.get(&ty).filter(|s| s.nonce == nonce) else {
+            return Reply::Stale;
+        };
+        let version = sent.version.clone();
+        let change_at = sent.change_at;
+        match error {
+            Some(err) => {
+                let reason = err.message.clone();
+                tracing::warn!(node = %self.node.id, r#type = %ty, %nonce, %reason, "proxy rejected config (NACK)");
+                self.ctx
+                    .metrics
+                    .rejects
+                    .get_or_create(&Metrics::type_label(ty))
+                    .inc();
+                self.ctx.sync.update(self.id, ty, |t| {
+                    t.status = SyncStatus::Error;
+                    t.error = Some(reason);
+                });
+                Reply::Nack
+            }
+            None => {
+                if let Some(at) = change_at {
+                    self.ctx
+                        .metrics
+                        .convergence
+                        .observe(at.elapsed().as_secs_f64());
+                }
+                if let Some(s) = self.sent.get_mut(&ty) {
+                    s.change_at = None;
+                }
+                self.ctx.sync.update(self.id, ty, |t| {
+                    t.status = SyncStatus::Synced;
+                    t.acked_version = Some(version);
+                    t.error = None;
+                });
+                Reply::Ack
+            }
+        }
+    }
+
+    /// A fresh nonce for a response about to be sent.
+    pub fn nonce(&mut self) -> String {
+        self.next_nonce += 1;
+        self.next_nonce.to_string()
+    }
+
+    /// Records a response that was sent.
+    pub fn sent(
+        &mut self,
+        ty: ResourceType,
+        nonce: String,
+        version: String,
+        resources: usize,
+        change_at: Option<Instant>,
+        started: Instant,
+    ) {
+        let metrics = &self.ctx.metrics;
+        metrics.pushes.get_or_create(&Metrics::type_label(ty)).inc();
+        metrics
+            .push_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.ctx.sync.update(self.id, ty, |t| {
+            t.status = SyncStatus::Stale;
+            t.sent_version = Some(version.clone());
+            t.sent_nonce = Some(nonce.clone());
+            t.resources = resources;
+        });
+        tracing::debug!(node = %self.node.id, r#type = %ty, %nonce, %version, resources, "pushed");
+        self.sent.insert(
+            ty,
+            Sent {
+                nonce,
+                version,
+                change_at,
+            },
+        );
+    }
+}
+
+impl Drop for StreamTracker {
+    fn drop(&mut self) {
+        self.ctx.sync.unregister(self.id);
+        self.ctx.metrics.connected_proxies.dec();
+        tracing::info!(node = %self.node.id, "proxy disconnected");
+    }
+}
+
+/// Resolves a type URL or explains why not.
+pub fn resource_type(type_url: &str) -> Option<ResourceType> {
+    let ty = ResourceType::from_type_url(type_url);
+    if ty.is_none() {
+        tracing::debug!(%type_url, "ignoring request for a type the mesh does not serve");
+    }
+    ty
+}
+
+/// A subscription to one type: everything, and/or some names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Every resource of the type.
+    pub wildcard: bool,
+    /// Named resources.
+    pub names: std::collections::BTreeSet<String>,
+}
+
+/// The wildcard name.
+pub const WILDCARD: &str = "*";
+
+impl Subscription {
+    /// The resources this subscription selects from `view`, by name.
+    pub fn select(
+        &self,
+        view: &mesh_xds::ProxyView,
+        ty: ResourceType,
+    ) -> std::collections::BTreeMap<String, Arc<mesh_xds::Resource>> {
+        let mut out = std::collections::BTreeMap::new();
+        if self.wildcard {
+            for r in view.wildcard(ty) {
+                out.insert(r.name.clone(), r);
+            }
+        }
+        for name in &self.names {
+            if let Some(r) = view.get(ty, name) {
+                out.insert(name.clone(), r);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,139 @@
+//! Minimal HTTP client and upstream server for tests (hyper, real sockets).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `req` over a new HTTP/1.1 connection to `addr`; the URI is sent as given,
+/// so an absolute URI makes this an explicit-proxy request.
+pub async fn send(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Option<(u16, String)> {
+    let fut = async {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(TIMEOUT, fut).await.ok().flatten()
+}
+
+fn authority_addr(uri: &http::Uri) -> Option<SocketAddr> {
+    let host = uri.host()?;
+    let port = uri.port_u16().unwrap_or(80);
+    format!("{host}:{port}").parse().ok()
+}
+
+/// GETs `url` (an IP URL) directly.
+pub async fn get(url: &str) -> Option<(u16, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let addr = authority_addr(&uri)?;
+    let req = Request::get(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(http::header::HOST, uri.authority()?.as_str())
+        .body(Empty::new())
+        .ok()?;
+    send(addr, req).await
+}
+
+/// The status of GET `url`, if the server answered.
+pub async fn get_status(url: &str) -> Option<u16> {
+    get(url).await.map(|(s, _)| s)
+}
+
+/// POSTs to `url` with an empty body.
+pub async fn post(url: &str) -> Option<(u16, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let addr = authority_addr(&uri)?;
+    let req = Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(http::header::HOST, uri.authority()?.as_str())
+        .body(Empty::new())
+        .ok()?;
+    send(addr, req).await
+}
+
+/// GETs `url` through the HTTP proxy at `proxy` (`http://ip:port`), as
+/// `http_proxy=... curl url` would.
+pub async fn get_via_proxy(proxy: &str, url: &str) -> Option<(u16, String)> {
+    let proxy: http::Uri = proxy.parse().ok()?;
+    let addr = authority_addr(&proxy)?;
+    let uri: http::Uri = url.parse().ok()?;
+    let req = Request::get(uri.clone())
+        .header(http::header::HOST, uri.authority()?.as_str())
+        .body(Empty::new())
+        .ok()?;
+    send(addr, req).await
+}
+
+/// A test upstream: answers every request with JSON naming itself, and counts.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests served.
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// Starts an upstream called `name` on `addr`.
+    pub async fn start(name: &str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("upstream {name} cannot bind {addr}: {e}"));
+        let hits = Arc::new(AtomicU64::new(0));
+        let name: Arc<str> = name.into();
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let body = serde_json::json!({
+                            "server": &*name,
+                            "path": req.uri().path(),
+                            "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()),
+                            "mesh_headers": req.headers().keys().filter(|k| k.as_str().starts_with("mesh-")).map(|k| k.as_str()).collect::<Vec<_>>(),
+                        });
+                        async move {
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(StatusCode::OK)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .expect("valid response"),
+                            )
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+}

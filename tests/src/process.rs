@@ -1,0 +1,211 @@
+//! Starting the mesh's binaries and making sure they die with the test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// The directory holding the workspace's built binaries: the parent of the test
+/// executable's `deps/` directory, wherever CARGO_TARGET_DIR points.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// The path of a workspace binary; panics with the fix if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    /// What it is, for messages.
+    pub name: String,
+    /// The child.
+    pub child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args`, logging stdout and stderr to `<log_dir>/<name>.log`.
+    pub fn start(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Proc {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log file");
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    /// Its log so far, for assertion messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it and waits until it is gone.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Sends SIGTERM (through `kill`, to stay free of unsafe code) and waits up to
+    /// `grace` for it to exit; returns whether it exited in time.
+    pub async fn terminate(&mut self, grace: Duration) -> bool {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        tokio::time::timeout(grace, self.child.wait()).await.is_ok()
+    }
+}
+
+/// A running controller with the address it serves.
+#[derive(Debug)]
+pub struct Controller {
+    /// The process.
+    pub proc: Proc,
+    /// Plaintext xDS address.
+    pub xds: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+}
+
+impl Controller {
+    /// Starts `mesh-controller` on `file` with fresh ports and waits until ready.
+    pub async fn start(file: &Path, log_dir: &Path) -> Controller {
+        Self::start_on(file, log_dir, crate::free_addr(), crate::free_addr()).await
+    }
+
+    /// Starts `mesh-controller` on `file` at the given addresses and waits until ready.
+    pub async fn start_on(
+        file: &Path,
+        log_dir: &Path,
+        xds: SocketAddr,
+        admin: SocketAddr,
+    ) -> Controller {
+        let args = vec![
+            "--registry".into(),
+            "file".into(),
+            "--file".into(),
+            file.display().to_string(),
+            "--xds-addr".into(),
+            xds.to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+            "--debounce-ms".into(),
+            "50".into(),
+        ];
+        let proc = Proc::start("controller", &bin("mesh-controller"), &args, log_dir);
+        let c = Controller { proc, xds, admin };
+        let url = format!("http://{admin}/ready");
+        crate::eventually("controller ready", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { crate::http::get_status(&url).await.filter(|s| *s == 200) }
+        })
+        .await;
+        c
+    }
+
+    /// `http://<xds>` for proxies.
+    pub fn xds_url(&self) -> String {
+        format!("http://{}", self.xds)
+    }
+
+    /// GETs an admin path and parses it as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.admin);
+        let (status, body) = crate::http::get(&url).await.expect("admin reachable");
+        assert_eq!(status, 200, "{url}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {body}"))
+    }
+}
+
+/// A running sidecar on its own loopback IP.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The process.
+    pub proc: Proc,
+    /// The IP its listeners bind (standard ports).
+    pub ip: std::net::IpAddr,
+}
+
+impl Sidecar {
+    /// Starts `mesh-proxy` for `workload` (namespace `default`) at `ip`; does not wait.
+    pub fn start(
+        workload: &str,
+        ip: std::net::IpAddr,
+        xds_url: &str,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Sidecar {
+        let mut args: Vec<String> = vec![
+            "--xds-addr".into(),
+            xds_url.into(),
+            "--workload".into(),
+            workload.into(),
+            "--namespace".into(),
+            "default".into(),
+            "--ip".into(),
+            ip.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::start(&format!("proxy-{workload}"), &bin("mesh-proxy"), &args, log_dir);
+        Sidecar { proc, ip }
+    }
+
+    /// `http://<ip>:15001`, for use as an HTTP proxy.
+    pub fn outbound(&self) -> String {
+        format!("http://{}:15001", self.ip)
+    }
+
+    /// `http://<ip>:15000<path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}:15000{path}", self.ip)
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let url = self.admin_url("/ready");
+        let log = self.proc.log.clone();
+        crate::eventually(
+            &format!("sidecar {} ready (log {})", self.proc.name, log.display()),
+            Duration::from_secs(10),
+            || {
+                let url = url.clone();
+                async move { crate::http::get_status(&url).await.filter(|s| *s == 200) }
+            },
+        )
+        .await;
+    }
+}
