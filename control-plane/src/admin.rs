@@ -49,7 +49,11 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
@@ -84,7 +88,9 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         other => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            format!("no such endpoint {other}; try /ready, /metrics, /debug/registry, /debug/syncz\n"),
+            format!(
+                "no such endpoint {other}; try /ready, /metrics, /debug/registry, /debug/syncz\n"
+            ),
         ),
     }
 }

@@ -26,8 +26,8 @@ pub struct RegistryLabel {
 /// Buckets from 100 µs to ~30 s: pushes are fast, convergence can be slow.
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-        2.5, 5.0, 10.0, 30.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0,
     ]
     .into_iter()
 }
@@ -81,7 +81,11 @@ impl Default for Metrics {
             "Time from a registry change to the proxy's ACK of the push it caused",
             convergence.clone(),
         );
-        registry.register("xds_rejects", "xDS NACKs received, by type", rejects.clone());
+        registry.register(
+            "xds_rejects",
+            "xDS NACKs received, by type",
+            rejects.clone(),
+        );
         registry.register(
             "registry_events",
             "Registry updates, applied or rejected",

@@ -110,24 +110,26 @@ impl Upstream {
                 let name = name.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let body = serde_json::json!({
-                            "server": &*name,
-                            "path": req.uri().path(),
-                            "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()),
-                            "mesh_headers": req.headers().keys().filter(|k| k.as_str().starts_with("mesh-")).map(|k| k.as_str()).collect::<Vec<_>>(),
-                        });
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(StatusCode::OK)
-                                    .header("content-type", "application/json")
-                                    .body(Full::new(Bytes::from(body.to_string())))
-                                    .expect("valid response"),
-                            )
-                        }
-                    });
+                    let service = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let body = serde_json::json!({
+                                "server": &*name,
+                                "path": req.uri().path(),
+                                "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()),
+                                "mesh_headers": req.headers().keys().filter(|k| k.as_str().starts_with("mesh-")).map(|k| k.as_str()).collect::<Vec<_>>(),
+                            });
+                            async move {
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .status(StatusCode::OK)
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(body.to_string())))
+                                        .expect("valid response"),
+                                )
+                            }
+                        },
+                    );
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;

@@ -48,7 +48,10 @@ impl Proc {
             .expect("open log file");
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup log"))
             .stderr(file)
@@ -180,7 +183,12 @@ impl Sidecar {
             ip.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::start(&format!("proxy-{workload}"), &bin("mesh-proxy"), &args, log_dir);
+        let proc = Proc::start(
+            &format!("proxy-{workload}"),
+            &bin("mesh-proxy"),
+            &args,
+            log_dir,
+        );
         Sidecar { proc, ip }
     }
 

@@ -94,6 +94,8 @@ impl<Req, Resp> AdsStream<Req, Resp> {
 
     /// Whether nothing arrives within `quiet` (a pure ACK must not be answered).
     pub async fn is_quiet(&mut self, quiet: Duration) -> bool {
-        tokio::time::timeout(quiet, self.rx.message()).await.is_err()
+        tokio::time::timeout(quiet, self.rx.message())
+            .await
+            .is_err()
     }
 }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster, cluster::ClusterDiscoveryType, cluster::DiscoveryType,
+};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
@@ -14,7 +16,9 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter,
 };
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use mesh_tests::process::Controller;
 use mesh_tests::xds::{Delta, Sotw, node};
@@ -71,7 +75,11 @@ async fn mesh(tag: &str, catalog_instances: usize) -> Mesh {
     let file = dir.0.join("mesh.yaml");
     std::fs::write(&file, catalog_yaml(&ips, catalog_instances)).unwrap();
     let controller = Controller::start(&file, &dir.0).await;
-    Mesh { dir, controller, ips }
+    Mesh {
+        dir,
+        controller,
+        ips,
+    }
 }
 
 impl Mesh {
@@ -95,7 +103,11 @@ impl Mesh {
     }
 }
 
-fn sotw_request(type_url: &str, names: &[&str], ack: Option<&DiscoveryResponse>) -> DiscoveryRequest {
+fn sotw_request(
+    type_url: &str,
+    names: &[&str],
+    ack: Option<&DiscoveryResponse>,
+) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_url.into(),
         resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -126,7 +138,11 @@ fn hcm_of(listener: &Listener) -> HttpConnectionManager {
 fn assert_router_filter(hcm: &HttpConnectionManager) {
     let last = hcm.http_filters.last().expect("http filters");
     assert_eq!(last.name, "envoy.filters.http.router");
-    match last.config_type.as_ref().expect("router needs typed_config (gRPC requires it)") {
+    match last
+        .config_type
+        .as_ref()
+        .expect("router needs typed_config (gRPC requires it)")
+    {
         http_filter::ConfigType::TypedConfig(any) => assert_eq!(
             any.type_url,
             "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -149,26 +165,44 @@ async fn sotw_serves_valid_resources_and_pure_acks_get_no_answer() {
     let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        [CATALOG, "frontend.default.svc.cluster.local:8080", "inbound|8080"]
+        [
+            CATALOG,
+            "frontend.default.svc.cluster.local:8080",
+            "inbound|8080"
+        ]
     );
     let catalog = &clusters[0];
     assert_eq!(
         catalog.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
     );
-    let eds = catalog.eds_cluster_config.as_ref().expect("EDS clusters need eds_cluster_config");
+    let eds = catalog
+        .eds_cluster_config
+        .as_ref()
+        .expect("EDS clusters need eds_cluster_config");
     assert!(matches!(
-        eds.eds_config.as_ref().and_then(|c| c.config_source_specifier.as_ref()),
+        eds.eds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref()),
         Some(ConfigSourceSpecifier::Ads(_))
     ));
 
     // ACK: no new response, and the proxy shows as SYNCED.
     s.send(sotw_request(CLUSTER, &[], Some(&cds))).await;
-    assert!(s.is_quiet(Duration::from_millis(400)).await, "a pure ACK was answered");
+    assert!(
+        s.is_quiet(Duration::from_millis(400)).await,
+        "a pure ACK was answered"
+    );
     let cds_sync = m.syncz_type("frontend-1.default", "CDS").await;
     assert_eq!(cds_sync["status"], "SYNCED", "{cds_sync}");
-    assert_eq!(cds_sync["acked_version"], serde_json::json!(cds.version_info));
-    assert_eq!(m.syncz_type("frontend-1.default", "LDS").await["status"], "NOT SENT");
+    assert_eq!(
+        cds_sync["acked_version"],
+        serde_json::json!(cds.version_info)
+    );
+    assert_eq!(
+        m.syncz_type("frontend-1.default", "LDS").await["status"],
+        "NOT SENT"
+    );
 
     // Listeners: outbound + inbound, each an HCM ending in the router.
     s.send(sotw_request(LISTENER, &[], None)).await;
@@ -196,8 +230,16 @@ async fn sotw_serves_valid_resources_and_pure_acks_get_no_answer() {
         .iter()
         .find(|v| v.name == CATALOG)
         .expect("catalog virtual host");
-    for d in ["catalog:8080", "catalog.default:8080", "catalog.default.svc.cluster.local:8080"] {
-        assert!(vhost.domains.iter().any(|x| x == d), "{d} missing in {:?}", vhost.domains);
+    for d in [
+        "catalog:8080",
+        "catalog.default:8080",
+        "catalog.default.svc.cluster.local:8080",
+    ] {
+        assert!(
+            vhost.domains.iter().any(|x| x == d),
+            "{d} missing in {:?}",
+            vhost.domains
+        );
     }
 
     // Endpoints: one weighted locality with both catalog instances and their identity.
@@ -213,7 +255,8 @@ async fn sotw_serves_valid_resources_and_pure_acks_get_no_answer() {
         "gRPC drops localities without a weight"
     );
     assert_eq!(locality.lb_endpoints.len(), 2);
-    let meta = mesh_xds::metadata::mesh_fields(locality.lb_endpoints[0].metadata.as_ref()).expect("mesh metadata");
+    let meta = mesh_xds::metadata::mesh_fields(locality.lb_endpoints[0].metadata.as_ref())
+        .expect("mesh metadata");
     assert_eq!(
         mesh_xds::metadata::get_str(meta, "identity"),
         Some("spiffe://cluster.local/ns/default/sa/catalog")
@@ -236,7 +279,10 @@ async fn nack_shows_error_with_reason_and_a_change_is_pushed() {
         details: vec![],
     });
     s.send(nack).await;
-    assert!(s.is_quiet(Duration::from_millis(300)).await, "a NACK was answered with the same config");
+    assert!(
+        s.is_quiet(Duration::from_millis(300)).await,
+        "a NACK was answered with the same config"
+    );
     let eds_sync = m.syncz_type("frontend-1.default", "EDS").await;
     assert_eq!(eds_sync["status"], "ERROR", "{eds_sync}");
     assert_eq!(eds_sync["error"], "endpoint 1 is unacceptable");
@@ -247,7 +293,8 @@ async fn nack_shows_error_with_reason_and_a_change_is_pushed() {
     let cla: Vec<ClusterLoadAssignment> = decode_all(&update);
     assert_eq!(cla[0].endpoints[0].lb_endpoints.len(), 2);
     assert_ne!(update.version_info, eds.version_info);
-    s.send(sotw_request(ENDPOINT, &[CATALOG], Some(&update))).await;
+    s.send(sotw_request(ENDPOINT, &[CATALOG], Some(&update)))
+        .await;
     mesh_tests::eventually("EDS synced after ACK", Duration::from_secs(5), || async {
         (m.syncz_type("frontend-1.default", "EDS").await["status"] == "SYNCED").then_some(())
     })
@@ -266,7 +313,10 @@ async fn stale_nonces_are_ignored() {
     stale.response_nonce = "not-a-nonce-we-sent".into();
     s.send(stale).await;
     assert!(s.is_quiet(Duration::from_millis(300)).await);
-    assert_eq!(m.syncz_type("frontend-1.default", "CDS").await["status"], "STALE");
+    assert_eq!(
+        m.syncz_type("frontend-1.default", "CDS").await["status"],
+        "STALE"
+    );
 }
 
 #[tokio::test]
@@ -290,9 +340,15 @@ async fn proxyless_grpc_client_gets_an_api_listener_by_name() {
         panic!("API listener should use RDS")
     };
     s.send(sotw_request(LISTENER, &[CATALOG], Some(&lds))).await;
-    s.send(sotw_request(ROUTE, &[&rds.route_config_name], None)).await;
+    s.send(sotw_request(ROUTE, &[&rds.route_config_name], None))
+        .await;
     let routes: Vec<RouteConfiguration> = decode_all(&s.recv().await);
-    assert!(routes[0].virtual_hosts[0].domains.iter().any(|d| d == CATALOG));
+    assert!(
+        routes[0].virtual_hosts[0]
+            .domains
+            .iter()
+            .any(|d| d == CATALOG)
+    );
     s.send(sotw_request(CLUSTER, &[CATALOG], None)).await;
     let clusters: Vec<Cluster> = decode_all(&s.recv().await);
     assert_eq!(clusters.len(), 1, "named CDS returns only what was asked");
@@ -328,7 +384,14 @@ async fn delta_sends_changes_and_removals_only() {
     d.send(first).await;
     let cds = d.recv().await;
     let names: Vec<&str> = cds.resources.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, [CATALOG, "frontend.default.svc.cluster.local:8080", "inbound|8080"]);
+    assert_eq!(
+        names,
+        [
+            CATALOG,
+            "frontend.default.svc.cluster.local:8080",
+            "inbound|8080"
+        ]
+    );
     let versions: HashMap<String, String> = cds
         .resources
         .iter()
@@ -340,7 +403,10 @@ async fn delta_sends_changes_and_removals_only() {
         ..Default::default()
     })
     .await;
-    assert!(d.is_quiet(Duration::from_millis(300)).await, "a pure ACK was answered");
+    assert!(
+        d.is_quiet(Duration::from_millis(300)).await,
+        "a pure ACK was answered"
+    );
 
     // EDS by name; then removing the catalog service removes its cluster and EDS.
     d.send(delta_request(ENDPOINT, &[CATALOG])).await;
@@ -357,7 +423,11 @@ async fn delta_sends_changes_and_removals_only() {
     let mut removed = Vec::new();
     for _ in 0..2 {
         let r = d.recv().await;
-        assert!(r.resources.is_empty(), "only removals expected: {:?}", r.resources);
+        assert!(
+            r.resources.is_empty(),
+            "only removals expected: {:?}",
+            r.resources
+        );
         removed.push((r.type_url.clone(), r.removed_resources.clone()));
         d.send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
@@ -382,10 +452,14 @@ async fn delta_sends_changes_and_removals_only() {
     again.node = Some(node("frontend-1"));
     again.initial_resource_versions = versions;
     // Wait for the controller to pick up the file again before reconnecting.
-    mesh_tests::eventually("catalog back in registry", Duration::from_secs(5), || async {
-        let reg = m.controller.admin_json("/debug/registry").await;
-        (reg["model"]["services"].as_array().map(|s| s.len()) == Some(2)).then_some(())
-    })
+    mesh_tests::eventually(
+        "catalog back in registry",
+        Duration::from_secs(5),
+        || async {
+            let reg = m.controller.admin_json("/debug/registry").await;
+            (reg["model"]["services"].as_array().map(|s| s.len()) == Some(2)).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     d2.send(again).await;
@@ -393,7 +467,11 @@ async fn delta_sends_changes_and_removals_only() {
     assert!(
         resumed.resources.is_empty() && resumed.removed_resources.is_empty(),
         "a proxy that already has every cluster is sent nothing new: {:?}",
-        resumed.resources.iter().map(|r| &r.name).collect::<Vec<_>>()
+        resumed
+            .resources
+            .iter()
+            .map(|r| &r.name)
+            .collect::<Vec<_>>()
     );
 }
 

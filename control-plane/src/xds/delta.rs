@@ -98,11 +98,8 @@ impl Stream {
         };
         // Subscription changes apply whatever the nonce: in Delta they are deltas and
         // dropping one would lose it for good.
-        self.tracker.reply(
-            ty,
-            &request.response_nonce,
-            request.error_detail.as_ref(),
-        );
+        self.tracker
+            .reply(ty, &request.response_nonce, request.error_detail.as_ref());
         let first = !self.types.contains_key(&ty);
         let state = self.types.entry(ty).or_default();
         if first {

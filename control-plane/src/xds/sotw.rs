@@ -91,11 +91,9 @@ impl Stream {
         let Some(ty) = resource_type(&request.type_url) else {
             return Ok(());
         };
-        let reply = self.tracker.reply(
-            ty,
-            &request.response_nonce,
-            request.error_detail.as_ref(),
-        );
+        let reply = self
+            .tracker
+            .reply(ty, &request.response_nonce, request.error_detail.as_ref());
         if reply == Reply::Stale {
             return Ok(());
         }

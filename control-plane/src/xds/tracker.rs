@@ -58,7 +58,9 @@ impl StreamTracker {
             Status::invalid_argument("the first request of an ADS stream must carry a node")
         })?;
         if node.id.is_empty() {
-            return Err(Status::invalid_argument("the node must have a non-empty id"));
+            return Err(Status::invalid_argument(
+                "the node must have a non-empty id",
+            ));
         }
         let node = ProxyNode::from_node(node);
         let id = ctx.sync.register(&node, protocol);
@@ -74,12 +76,7 @@ impl StreamTracker {
     }
 
     /// Classifies a request's nonce and records an ACK or NACK.
-    pub fn reply(
-        &mut self,
-        ty: ResourceType,
-        nonce: &str,
-        error: Option<&RpcStatus>,
-    ) -> Reply {
+    pub fn reply(&mut self, ty: ResourceType, nonce: &str, error: Option<&RpcStatus>) -> Reply {
         if nonce.is_empty() {
             return Reply::Initial;
         }

@@ -23,7 +23,9 @@ pub enum ModelErrorKind {
     #[error("malformed document: {0}")]
     Malformed(String),
     /// `kind`/`apiVersion` name nothing the mesh knows.
-    #[error("unknown kind {kind:?} (apiVersion {api_version:?}); known kinds: Namespace, Service, Workload")]
+    #[error(
+        "unknown kind {kind:?} (apiVersion {api_version:?}); known kinds: Namespace, Service, Workload"
+    )]
     UnknownKind {
         /// The document's `kind`.
         kind: String,

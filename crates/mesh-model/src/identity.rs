@@ -29,7 +29,13 @@ impl Identity {
         let rest = uri.strip_prefix("spiffe://")?;
         let (trust_domain, path) = rest.split_once('/')?;
         let mut parts = path.split('/');
-        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None)
                 if !trust_domain.is_empty() && !ns.is_empty() && !sa.is_empty() =>
             {
@@ -63,7 +69,10 @@ mod tests {
     #[test]
     fn spiffe_round_trip() {
         let id = Identity::new("cluster.local", "default", "catalog");
-        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/catalog");
+        assert_eq!(
+            id.to_string(),
+            "spiffe://cluster.local/ns/default/sa/catalog"
+        );
         assert_eq!(Identity::parse_spiffe(&id.to_string()), Some(id));
     }
 

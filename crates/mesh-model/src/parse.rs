@@ -122,7 +122,11 @@ pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelErr
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_no = index + 1;
         let value = serde_yaml::Value::deserialize(document).map_err(|e| {
-            ModelError::new(origin, Some(doc_no), ModelErrorKind::Malformed(e.to_string()))
+            ModelError::new(
+                origin,
+                Some(doc_no),
+                ModelErrorKind::Malformed(e.to_string()),
+            )
         })?;
         if value.is_null() {
             continue;
@@ -153,12 +157,14 @@ type ParseFailure = (ModelErrorKind, Option<String>);
 fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
     if !value.is_mapping() {
         return Err((
-            ModelErrorKind::Malformed("a document must be a mapping with apiVersion and kind".into()),
+            ModelErrorKind::Malformed(
+                "a document must be a mapping with apiVersion and kind".into(),
+            ),
             None,
         ));
     }
-    let raw: RawDocument =
-        serde_yaml::from_value(value).map_err(|e| (ModelErrorKind::Malformed(e.to_string()), None))?;
+    let raw: RawDocument = serde_yaml::from_value(value)
+        .map_err(|e| (ModelErrorKind::Malformed(e.to_string()), None))?;
     let described = |ns: &str| {
         if ns.is_empty() {
             format!("{}/{}", raw.kind, raw.metadata.name)
@@ -221,7 +227,9 @@ fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
     } else {
         Err(invalid(
             field,
-            format!("{name:?} must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"),
+            format!(
+                "{name:?} must be 1-63 lowercase letters, digits or '-', not starting or ending with '-'"
+            ),
         ))
     }
 }
@@ -480,7 +488,9 @@ spec:
 
     #[test]
     fn workload_typos_are_errors() {
-        let e = err("apiVersion: mesh.io/v1alpha1\nkind: Workload\nmetadata: {name: a}\nspec: {adress: 127.0.0.1}\n");
+        let e = err(
+            "apiVersion: mesh.io/v1alpha1\nkind: Workload\nmetadata: {name: a}\nspec: {adress: 127.0.0.1}\n",
+        );
         assert!(e.to_string().contains("adress"), "{e}");
     }
 

@@ -18,3 +18,6 @@ pub use envoy_types::pb;
 pub use node::ProxyNode;
 pub use snapshot::{ProxyView, Resource, Snapshot};
 pub use types::ResourceType;
+
+#[cfg(test)]
+mod tests;

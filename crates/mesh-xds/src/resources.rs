@@ -89,7 +89,9 @@ pub fn socket_address(addr: SocketAddr) -> Address {
 fn router_filter() -> HttpFilter {
     HttpFilter {
         name: ROUTER_FILTER.into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(pack(&Router::default()))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(pack(
+            &Router::default(),
+        ))),
         ..Default::default()
     }
 }
@@ -250,9 +252,7 @@ fn base_cluster(name: &str, http2: bool) -> Cluster {
 /// The EDS cluster of a service port; `http2` when the app speaks HTTP/2 (gRPC).
 pub fn service_cluster(name: &str, http2: bool) -> Cluster {
     Cluster {
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
-            DiscoveryType::Eds as i32,
-        )),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: String::new(),
@@ -265,9 +265,7 @@ pub fn service_cluster(name: &str, http2: bool) -> Cluster {
 pub fn inbound_cluster(app: SocketAddr, http2: bool) -> Cluster {
     let name = names::inbound_cluster(app.port());
     Cluster {
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
-            DiscoveryType::Static as i32,
-        )),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.clone(),
             endpoints: vec![locality_endpoints(vec![lb_endpoint(app, None)])],
@@ -277,7 +275,10 @@ pub fn inbound_cluster(app: SocketAddr, http2: bool) -> Cluster {
     }
 }
 
-fn lb_endpoint(addr: SocketAddr, metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>) -> LbEndpoint {
+fn lb_endpoint(
+    addr: SocketAddr,
+    metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(socket_address(addr)),

@@ -182,7 +182,8 @@ impl ProxyView {
                             && resources::is_http2(p.app_protocol.as_deref())
                     });
                 let cluster = resources::inbound_cluster(SocketAddr::new(ip, port), http2);
-                inbound_clusters.insert(cluster.name.clone(), Resource::new(&cluster.name, &cluster));
+                inbound_clusters
+                    .insert(cluster.name.clone(), Resource::new(&cluster.name, &cluster));
             }
             Resource::new(names::INBOUND, &resources::inbound_listener(&ports))
         });
