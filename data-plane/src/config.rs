@@ -42,4 +42,84 @@ pub struct ProxyArgs {
     /// Override the admin listener address.
     #[arg(long)]
     pub admin_addr: Option<SocketAddr>,
+    /// Runtime worker threads. A sidecar shares its pod's CPU with the app, so it
+    /// stays small: 2 keeps one request's slow work from stalling the rest without
+    /// taking cores from the app. 1 runs everything on a single thread.
+    #[arg(long, env = "MESH_PROXY_CONCURRENCY", default_value_t = 2)]
+    pub concurrency: usize,
+    /// Seconds in-flight requests get to finish on shutdown before connections close.
+    #[arg(long, default_value_t = 5)]
+    pub drain_seconds: u64,
+}
+
+impl ProxyArgs {
+    /// Settings with every default, for running the proxy as a library.
+    pub fn new(workload: impl Into<String>, namespace: impl Into<String>) -> ProxyArgs {
+        ProxyArgs {
+            xds_addr: "http://127.0.0.1:15010".into(),
+            xds_protocol: XdsProtocol::Delta,
+            workload: workload.into(),
+            namespace: namespace.into(),
+            node_id: None,
+            ip: IpAddr::from([0, 0, 0, 0]),
+            outbound_addr: None,
+            inbound_addr: None,
+            admin_addr: None,
+            concurrency: 2,
+            drain_seconds: 5,
+        }
+    }
+
+    /// The xDS node id: `--node-id`, else `<workload>.<namespace>`.
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", self.workload, self.namespace))
+    }
+
+    /// Where the outbound listener binds.
+    pub fn outbound(&self) -> SocketAddr {
+        self.outbound_addr
+            .unwrap_or(SocketAddr::new(self.ip, mesh_xds::names::OUTBOUND_PORT))
+    }
+
+    /// Where the inbound listener binds.
+    pub fn inbound(&self) -> SocketAddr {
+        self.inbound_addr
+            .unwrap_or(SocketAddr::new(self.ip, mesh_xds::names::INBOUND_PORT))
+    }
+
+    /// Where the admin listener binds.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin_addr
+            .unwrap_or(SocketAddr::new(self.ip, mesh_xds::names::ADMIN_PORT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_and_flags() {
+        let a = ProxyArgs::try_parse_from([
+            "mesh-proxy",
+            "--workload",
+            "web-1",
+            "--ip",
+            "127.0.0.5",
+            "--xds-protocol",
+            "sotw",
+        ])
+        .unwrap();
+        assert_eq!(a.node_id(), "web-1.default");
+        assert_eq!(a.outbound(), "127.0.0.5:15001".parse().unwrap());
+        assert_eq!(a.inbound(), "127.0.0.5:15006".parse().unwrap());
+        assert_eq!(a.admin(), "127.0.0.5:15000".parse().unwrap());
+        assert_eq!(a.xds_protocol, XdsProtocol::Sotw);
+        assert_eq!(a.concurrency, 2);
+        let b = ProxyArgs::new("web-1", "default");
+        assert_eq!(b.node_id(), a.node_id());
+    }
 }

@@ -1,14 +1,193 @@
 //! `mesh-proxy`: the sidecar.
+//!
+//! Three listeners (outbound 15001, inbound 15006, admin 15000) bind first, then the
+//! xDS client fills in the routing tables in the background; requests read the
+//! current tables through an `ArcSwap` without locks.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod balancer;
 pub mod config;
+pub mod decode;
+pub mod headers;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod upstream;
+pub mod xds_client;
 
-pub use config::ProxyArgs;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Runs the sidecar until it is told to stop.
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use config::{ProxyArgs, XdsProtocol};
+
+use crate::metrics::Reporter;
+use crate::routing::LocalIdentity;
+use crate::state::ProxyState;
+
+/// A started sidecar: its bound addresses and a handle to stop it.
+///
+/// Returned by [`start`] so embedders and tests can learn the real ports (when
+/// binding port 0) and stop the proxy without signals.
+pub struct Proxy {
+    /// Bound outbound listener address.
+    pub outbound_addr: SocketAddr,
+    /// Bound inbound listener address.
+    pub inbound_addr: SocketAddr,
+    /// Bound admin listener address.
+    pub admin_addr: SocketAddr,
+    state: Arc<ProxyState>,
+    listeners: JoinSet<()>,
+    xds: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// The shared state (config, metrics), for embedders and tests.
+    pub fn state(&self) -> &Arc<ProxyState> {
+        &self.state
+    }
+
+    /// Starts a graceful shutdown; [`Proxy::wait`] returns once it is done.
+    pub fn shutdown(&self) {
+        self.state.trigger_shutdown();
+    }
+
+    /// Waits until the proxy has shut down (via [`Proxy::shutdown`], `POST
+    /// /shutdown`, or a signal handled by [`run`]) and its connections drained.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(res) = self.listeners.join_next().await {
+            if let Err(e) = res {
+                // A listener task panicked: take the rest down too.
+                self.state.trigger_shutdown();
+                tracing::error!("listener task failed: {e}");
+            }
+        }
+        self.xds.abort();
+        tracing::info!("mesh-proxy stopped");
+        Ok(())
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {what} listener on {addr}"))
+}
+
+/// Binds the listeners and starts serving; xDS runs in the background.
+pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
+    let outbound = bind("outbound", args.outbound()).await?;
+    let inbound = bind("inbound", args.inbound()).await?;
+    let admin = bind("admin", args.admin()).await?;
+    let outbound_addr = outbound.local_addr()?;
+    let inbound_addr = inbound.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let state = Arc::new(ProxyState::new(LocalIdentity {
+        workload: args.workload.clone(),
+        namespace: args.namespace.clone(),
+    }));
+    let grace = Duration::from_secs(args.drain_seconds);
+    let mut listeners = JoinSet::new();
+    let s = state.clone();
+    listeners.spawn(server::serve(
+        "outbound",
+        outbound,
+        s.clone(),
+        Some(Reporter::Source),
+        grace,
+        move |req, _| outbound::handle(s.clone(), req),
+    ));
+    let s = state.clone();
+    listeners.spawn(server::serve(
+        "inbound",
+        inbound,
+        s.clone(),
+        Some(Reporter::Destination),
+        grace,
+        move |req, _| inbound::handle(s.clone(), req),
+    ));
+    let s = state.clone();
+    listeners.spawn(server::serve(
+        "admin",
+        admin,
+        s.clone(),
+        None,
+        grace,
+        move |req, peer| admin::handle(s.clone(), req, peer),
+    ));
+
+    let node = mesh_xds::ProxyNode {
+        id: args.node_id(),
+        workload: Some(args.workload.clone()),
+        namespace: args.namespace.clone(),
+        admin_address: Some(admin_addr.to_string()),
+    }
+    .to_node();
+    let client = xds_client::XdsClient::new(state.clone(), &args.xds_addr, args.xds_protocol, node);
+    let xds = tokio::spawn(client.run(state.shutdown.subscribe()));
+    tracing::info!(
+        outbound = %outbound_addr,
+        inbound = %inbound_addr,
+        admin = %admin_addr,
+        xds = %args.xds_addr,
+        node = %args.node_id(),
+        "mesh-proxy listening"
+    );
+    Ok(Proxy {
+        outbound_addr,
+        inbound_addr,
+        admin_addr,
+        state,
+        listeners,
+        xds,
+    })
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the sidecar until it is told to stop (signal or `POST /shutdown`), then
+/// drains for at most `--drain-seconds`.
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("mesh-proxy is not built yet")
+    let proxy = start(args).await?;
+    let state = proxy.state().clone();
+    tokio::spawn(async move {
+        signal().await;
+        tracing::info!("signal received; shutting down");
+        state.trigger_shutdown();
+    });
+    proxy.wait().await
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -22,9 +201,22 @@ pub fn init_tracing() {
 }
 
 /// Builds the runtime and runs the sidecar: the binary's whole `main`.
+///
+/// The runtime has `--concurrency` workers (default 2, see [`ProxyArgs`]); with 1
+/// it is a current-thread runtime, which has the lowest per-request overhead.
 pub fn main(args: ProxyArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    let runtime = if args.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(2)
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.concurrency)
+            .max_blocking_threads(2)
+            .thread_name("mesh-proxy")
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(args))
 }

@@ -1,0 +1,216 @@
+//! The outbound listener: app -> mesh.
+//!
+//! Requests are routed by the absolute URI's authority (explicit proxy use) or the
+//! `Host`/`:authority` header, to a cluster, to an endpoint picked round robin.
+//! Endpoints with a sidecar are reached over h2c at the sidecar's inbound port with
+//! the mesh hop headers; others directly.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::headers::{
+    DESTINATION_SERVICE, SOURCE_NAMESPACE, SOURCE_WORKLOAD, TARGET_PORT, strip_mesh,
+};
+use crate::metrics::{Reporter, RequestLabels};
+use crate::routing::{ClusterRt, EndpointRt};
+use crate::state::ProxyState;
+use crate::upstream::{ProxyBody, local_response};
+
+/// The host a request is for, lowercased: the URI authority when the request is in
+/// absolute form (or HTTP/2), else the `Host` header. User info is dropped.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(auth) = req.uri().authority() {
+        let host = auth.host();
+        return Some(match auth.port_u16() {
+            Some(p) => format!("{host}:{p}").to_ascii_lowercase(),
+            None => host.to_ascii_lowercase(),
+        });
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?.trim();
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// What routing decided for a request.
+enum Decision {
+    Forward(Arc<ClusterRt>, Arc<EndpointRt>),
+    Reject(StatusCode, String, Option<Arc<ClusterRt>>),
+}
+
+fn decide(state: &ProxyState, host: &str, path: &str) -> Decision {
+    let cfg = state.config.load();
+    let Some(table) = cfg.outbound.as_ref() else {
+        return Decision::Reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mesh-proxy: configuration not received from the controller yet".into(),
+            None,
+        );
+    };
+    let Some(target) = table.find(host, path) else {
+        return Decision::Reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "mesh-proxy: no service matches host {host:?} (namespace {})",
+                state.me.namespace
+            ),
+            None,
+        );
+    };
+    let Some(cluster) = target.cluster.clone() else {
+        return Decision::Reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "mesh-proxy: cluster {} is not known yet",
+                target.cluster_name
+            ),
+            None,
+        );
+    };
+    match cluster.pick().cloned() {
+        Some(ep) => Decision::Forward(cluster, ep),
+        None => Decision::Reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("mesh-proxy: service {} has no endpoints", cluster.name),
+            Some(cluster),
+        ),
+    }
+}
+
+fn reject(msg: String, status: StatusCode) -> Response<ProxyBody> {
+    tracing::debug!(%status, "{msg}");
+    local_response(status, format!("{msg}\n"))
+}
+
+/// Handles one outbound request.
+pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let rejected = |code: StatusCode, cluster: Option<&ClusterRt>| {
+        let secs = start.elapsed().as_secs_f64();
+        match cluster {
+            Some(c) => c
+                .no_endpoint_stats
+                .record(&state.metrics, code.as_u16(), secs),
+            None => state.metrics.record(
+                &RequestLabels {
+                    source_workload: state.me.workload.clone(),
+                    source_namespace: state.me.namespace.clone(),
+                    response_code: code.as_u16(),
+                    ..RequestLabels::unknown(Reporter::Source)
+                },
+                secs,
+            ),
+        }
+    };
+    if req.method() == Method::CONNECT {
+        rejected(StatusCode::NOT_IMPLEMENTED, None);
+        return reject(
+            "mesh-proxy: CONNECT tunnels are not supported; send plain HTTP".into(),
+            StatusCode::NOT_IMPLEMENTED,
+        );
+    }
+    let Some(host) = request_host(&req) else {
+        rejected(StatusCode::BAD_REQUEST, None);
+        return reject(
+            "mesh-proxy: request has no Host header or authority".into(),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    let (cluster, ep) = match decide(&state, &host, req.uri().path()) {
+        Decision::Forward(c, e) => (c, e),
+        Decision::Reject(code, msg, cluster) => {
+            rejected(code, cluster.as_deref());
+            return reject(msg, code);
+        }
+    };
+
+    // Keep what the app addressed as the host, including the Host header when the
+    // request came in absolute form.
+    let authority = match req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(h) if req.uri().authority().is_none() => h.to_string(),
+        _ => req
+            .uri()
+            .authority()
+            .map(|a| {
+                a.as_str()
+                    .rsplit('@')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_else(|| host.clone()),
+    };
+    let (addr, http2) = match ep.spec.sidecar_port {
+        Some(_) => {
+            let headers = req.headers_mut();
+            strip_mesh(headers);
+            headers.insert(TARGET_PORT, HeaderValue::from(ep.spec.address.port()));
+            if let Ok(v) = HeaderValue::from_str(&state.me.workload) {
+                headers.insert(SOURCE_WORKLOAD, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&state.me.namespace) {
+                headers.insert(SOURCE_NAMESPACE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&cluster.service) {
+                headers.insert(DESTINATION_SERVICE, v);
+            }
+            (ep.connect_addr, true)
+        }
+        None => {
+            strip_mesh(req.headers_mut());
+            (ep.spec.address, cluster.http2)
+        }
+    };
+    let result = state
+        .upstreams
+        .send(addr, http2, cluster.connect_timeout, &authority, req)
+        .await;
+    let resp = match result {
+        Ok(resp) => resp.map(http_body_util::Either::Left),
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name, %addr, "upstream error: {e}");
+            let status = e.status();
+            let what = if status == StatusCode::SERVICE_UNAVAILABLE {
+                "upstream connect error"
+            } else {
+                "upstream error"
+            };
+            local_response(
+                status,
+                format!("mesh-proxy: {what} for service {}: {e}\n", cluster.name),
+            )
+        }
+    };
+    ep.stats.record(
+        &state.metrics,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_from_absolute_uri_or_header() {
+        let r = Request::get("http://Catalog.Default:8080/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("catalog.default:8080"));
+        let r = Request::get("/x").header("host", "WEB").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("web"));
+        let r = Request::get("http://u:p@web:80/").body(()).unwrap();
+        assert_eq!(request_host(&r).as_deref(), Some("web:80"));
+        let r = Request::get("/x").body(()).unwrap();
+        assert_eq!(request_host(&r), None);
+    }
+}

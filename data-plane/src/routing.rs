@@ -1,0 +1,518 @@
+//! The proxy's routing tables, built from the [`Store`] after every accepted update
+//! and published behind an `ArcSwap`, so each request reads them without a lock.
+//!
+//! Routes are resolved to their cluster's runtime once, at build time; a request does
+//! one hash lookup for the host, a short scan of the path rules and an atomic
+//! increment to pick an endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_xds::names;
+
+use crate::balancer::RoundRobin;
+use crate::decode::{
+    ClusterSpec, Direction, Discovery, EndpointSpec, ListenerSpec, LoadAssignment, PathMatch,
+    RouteSource, RouteSpec,
+};
+use crate::metrics::{Reporter, RequestLabels, StatsCache, UNKNOWN};
+use crate::store::Store;
+
+/// Who this proxy is; part of every outbound metric label set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalIdentity {
+    /// Own workload name.
+    pub workload: String,
+    /// Own namespace.
+    pub namespace: String,
+}
+
+/// One endpoint with its cached outbound metric handles.
+#[derive(Debug)]
+pub struct EndpointRt {
+    /// The decoded endpoint.
+    pub spec: EndpointSpec,
+    /// Where to connect: the sidecar port on the endpoint's IP, or the app itself.
+    pub connect_addr: SocketAddr,
+    /// Outbound request metrics for this endpoint.
+    pub stats: StatsCache,
+}
+
+/// A cluster with its endpoints and balancer.
+#[derive(Debug)]
+pub struct ClusterRt {
+    /// Cluster name.
+    pub name: Arc<str>,
+    /// Service FQDN: the cluster name without `:<port>`.
+    pub service: Arc<str>,
+    /// Whether the upstream app speaks HTTP/2.
+    pub http2: bool,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Endpoints (empty when none, or EDS not received yet).
+    pub endpoints: Vec<Arc<EndpointRt>>,
+    balancer: RoundRobin,
+    /// Outbound metrics for requests that found no endpoint.
+    pub no_endpoint_stats: StatsCache,
+    spec: Arc<ClusterSpec>,
+    assignment: Option<Arc<LoadAssignment>>,
+}
+
+impl ClusterRt {
+    /// The next endpoint by round robin.
+    pub fn pick(&self) -> Option<&Arc<EndpointRt>> {
+        self.balancer.pick(&self.endpoints)
+    }
+}
+
+/// Where a route sends traffic.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The cluster name the route names.
+    pub cluster_name: Arc<str>,
+    /// Its runtime, if the cluster is known.
+    pub cluster: Option<Arc<ClusterRt>>,
+}
+
+#[derive(Debug)]
+struct VirtualHostRt {
+    rules: Vec<(PathMatch, Target)>,
+}
+
+impl VirtualHostRt {
+    fn find(&self, path: &str) -> Option<&Target> {
+        self.rules
+            .iter()
+            .find(|(m, _)| m.matches(path))
+            .map(|(_, t)| t)
+    }
+}
+
+/// Host -> virtual host, in Envoy's precedence: exact, suffix wildcard (`*.x`),
+/// prefix wildcard (`x.*`), then `*`.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Arc<VirtualHostRt>>,
+    suffixes: Vec<(String, Arc<VirtualHostRt>)>,
+    prefixes: Vec<(String, Arc<VirtualHostRt>)>,
+    any: Option<Arc<VirtualHostRt>>,
+}
+
+impl RouteTable {
+    fn add(&mut self, spec: &RouteSpec, clusters: &HashMap<String, Arc<ClusterRt>>) {
+        for vh in &spec.virtual_hosts {
+            let rt = Arc::new(VirtualHostRt {
+                rules: vh
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.path.clone(),
+                            Target {
+                                cluster_name: r.cluster.as_str().into(),
+                                cluster: clusters.get(&r.cluster).cloned(),
+                            },
+                        )
+                    })
+                    .collect(),
+            });
+            for d in &vh.domains {
+                if d == "*" {
+                    self.any.get_or_insert_with(|| rt.clone());
+                } else if let Some(suffix) = d.strip_prefix('*') {
+                    self.suffixes.push((suffix.to_string(), rt.clone()));
+                } else if let Some(prefix) = d.strip_suffix('*') {
+                    self.prefixes.push((prefix.to_string(), rt.clone()));
+                } else {
+                    self.exact.entry(d.clone()).or_insert_with(|| rt.clone());
+                }
+            }
+        }
+        // Longest wildcard wins, as in Envoy.
+        self.suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        self.prefixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    }
+
+    /// The target for `host` (already lowercased) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Target> {
+        let vh = self
+            .exact
+            .get(host)
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+                    .map(|(_, v)| v)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+                    .map(|(_, v)| v)
+            })
+            .or(self.any.as_ref())?;
+        vh.find(path)
+    }
+}
+
+/// The inbound listener's ports and their clusters.
+#[derive(Debug, Default)]
+pub struct InboundTable {
+    /// App port -> inbound cluster.
+    pub ports: BTreeMap<u16, Target>,
+}
+
+impl InboundTable {
+    /// The ports, as a readable list for error messages.
+    pub fn port_list(&self) -> String {
+        let ports: Vec<String> = self.ports.keys().map(u16::to_string).collect();
+        format!("[{}]", ports.join(", "))
+    }
+}
+
+/// Everything a request needs, immutable once published.
+#[derive(Debug, Default)]
+pub struct ProxyConfig {
+    /// Outbound routes; `None` until the outbound listener and its routes arrived.
+    pub outbound: Option<RouteTable>,
+    /// Inbound ports; `None` until the inbound listener arrived.
+    pub inbound: Option<InboundTable>,
+    /// Clusters by name.
+    pub clusters: HashMap<String, Arc<ClusterRt>>,
+    /// The resources this was built from (for `/config_dump`).
+    pub store: Store,
+}
+
+/// The service FQDN a cluster name stands for (`<fqdn>:<port>` -> `<fqdn>`).
+pub fn service_of(cluster: &str) -> &str {
+    match cluster.rsplit_once(':') {
+        Some((fqdn, port)) if port.parse::<u16>().is_ok() => fqdn,
+        _ => cluster,
+    }
+}
+
+fn pick_listener(store: &Store, name: &str, dir: Direction) -> Option<Arc<ListenerSpec>> {
+    let all: Vec<&Arc<ListenerSpec>> = store.listeners().filter(|l| !l.api_listener).collect();
+    all.iter()
+        .find(|l| l.name == name)
+        .or_else(|| all.iter().find(|l| l.direction == dir))
+        .map(|l| Arc::clone(l))
+}
+
+impl ProxyConfig {
+    /// Builds the tables from `store`, reusing the runtime of clusters whose
+    /// resources did not change since `prev`.
+    pub fn build(store: &Store, prev: &ProxyConfig, me: &LocalIdentity) -> ProxyConfig {
+        let mut clusters = HashMap::new();
+        for spec in store.clusters() {
+            let assignment = match &spec.discovery {
+                Discovery::Eds(name) => store.endpoints(name).cloned(),
+                Discovery::Static(_) => None,
+            };
+            let reused = prev.clusters.get(&spec.name).filter(|old| {
+                Arc::ptr_eq(&old.spec, spec)
+                    && match (&old.assignment, &assignment) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            });
+            let rt = match reused {
+                Some(old) => old.clone(),
+                None => Arc::new(cluster_rt(spec.clone(), assignment, me)),
+            };
+            clusters.insert(spec.name.clone(), rt);
+        }
+
+        let outbound = pick_listener(store, names::OUTBOUND, Direction::Outbound).and_then(|l| {
+            let mut table = RouteTable::default();
+            for chain in &l.chains {
+                match &chain.routes {
+                    RouteSource::Rds(name) => table.add(store.route(name)?, &clusters),
+                    RouteSource::Inline(spec) => table.add(spec, &clusters),
+                }
+            }
+            Some(table)
+        });
+
+        let inbound = pick_listener(store, names::INBOUND, Direction::Inbound).map(|l| {
+            let mut ports = BTreeMap::new();
+            for chain in &l.chains {
+                let Some(port) = chain.destination_port else {
+                    continue;
+                };
+                let inline = match &chain.routes {
+                    RouteSource::Inline(spec) => spec
+                        .virtual_hosts
+                        .first()
+                        .and_then(|vh| vh.rules.first())
+                        .map(|r| r.cluster.clone()),
+                    RouteSource::Rds(_) => None,
+                };
+                let name = inline.unwrap_or_else(|| names::inbound_cluster(port));
+                ports.entry(port).or_insert_with(|| Target {
+                    cluster: clusters.get(&name).cloned(),
+                    cluster_name: name.into(),
+                });
+            }
+            InboundTable { ports }
+        });
+
+        ProxyConfig {
+            outbound,
+            inbound,
+            clusters,
+            store: store.clone(),
+        }
+    }
+}
+
+fn cluster_rt(
+    spec: Arc<ClusterSpec>,
+    assignment: Option<Arc<LoadAssignment>>,
+    me: &LocalIdentity,
+) -> ClusterRt {
+    let service: Arc<str> = service_of(&spec.name).into();
+    let base = RequestLabels {
+        source_workload: me.workload.clone(),
+        source_namespace: me.namespace.clone(),
+        destination_service: service.to_string(),
+        ..RequestLabels::unknown(Reporter::Source)
+    };
+    let specs: &[EndpointSpec] = match (&spec.discovery, &assignment) {
+        (Discovery::Static(eps), _) => eps,
+        (Discovery::Eds(_), Some(a)) => &a.endpoints,
+        (Discovery::Eds(_), None) => &[],
+    };
+    let endpoints = specs
+        .iter()
+        .map(|ep| {
+            let label = |v: &Option<String>| v.clone().unwrap_or_else(|| UNKNOWN.to_string());
+            Arc::new(EndpointRt {
+                connect_addr: match ep.sidecar_port {
+                    Some(port) => SocketAddr::new(ep.address.ip(), port),
+                    None => ep.address,
+                },
+                stats: StatsCache::new(RequestLabels {
+                    destination_workload: label(&ep.workload),
+                    destination_namespace: label(&ep.namespace),
+                    ..base.clone()
+                }),
+                spec: ep.clone(),
+            })
+        })
+        .collect();
+    ClusterRt {
+        name: spec.name.as_str().into(),
+        service,
+        http2: spec.http2,
+        connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+        endpoints,
+        balancer: RoundRobin::new(),
+        no_endpoint_stats: StatsCache::new(base),
+        spec,
+        assignment,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use mesh_model::{Endpoint, Identity, ObjectKey};
+    use mesh_xds::ResourceType;
+    use mesh_xds::any::pack;
+    use mesh_xds::resources;
+
+    pub(crate) fn me() -> LocalIdentity {
+        LocalIdentity {
+            workload: "web-1".into(),
+            namespace: "default".into(),
+        }
+    }
+
+    /// A store with catalog (port 8080, two endpoints, one with a sidecar), a port-80
+    /// service without endpoints, and an inbound listener for 9090.
+    pub(crate) fn store() -> Store {
+        let mut s = Store::default();
+        let cat = "catalog.default.svc.cluster.local:8080";
+        let web = "web.default.svc.cluster.local:80";
+        let clusters = [
+            pack(&resources::service_cluster(cat, false)),
+            pack(&resources::service_cluster(web, false)),
+            pack(&resources::inbound_cluster(
+                "127.0.0.9:9090".parse().unwrap(),
+                true,
+            )),
+        ];
+        s.apply_sotw(ResourceType::Cluster, "1", "a", &clusters, None)
+            .unwrap();
+        let eps = [
+            Endpoint {
+                address: "10.0.0.1:8080".parse().unwrap(),
+                workload: ObjectKey::new("default", "catalog-1"),
+                identity: Identity::new("cluster.local", "default", "catalog"),
+                sidecar: true,
+            },
+            Endpoint {
+                address: "10.0.0.2:8080".parse().unwrap(),
+                workload: ObjectKey::new("default", "catalog-2"),
+                identity: Identity::new("cluster.local", "default", "catalog"),
+                sidecar: false,
+            },
+        ];
+        let cla = [
+            pack(&resources::load_assignment(cat, &eps)),
+            pack(&resources::load_assignment(web, &[])),
+        ];
+        s.apply_sotw(ResourceType::Endpoint, "1", "b", &cla, Some(&s.eds_names()))
+            .unwrap();
+        let listeners = [
+            pack(&resources::outbound_listener()),
+            pack(&resources::inbound_listener(&[9090])),
+        ];
+        s.apply_sotw(ResourceType::Listener, "1", "c", &listeners, None)
+            .unwrap();
+        let route = envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+            name: "outbound".into(),
+            virtual_hosts: vec![
+                resources::service_virtual_host(
+                    cat,
+                    mesh_xds::names::service_domains(
+                        "catalog",
+                        "default",
+                        "cluster.local",
+                        8080,
+                        "default",
+                        None,
+                    ),
+                ),
+                resources::service_virtual_host(
+                    web,
+                    mesh_xds::names::service_domains(
+                        "web",
+                        "default",
+                        "cluster.local",
+                        80,
+                        "default",
+                        None,
+                    ),
+                ),
+            ],
+            ..Default::default()
+        };
+        s.apply_sotw(
+            ResourceType::Route,
+            "1",
+            "d",
+            &[pack(&route)],
+            Some(&s.route_names()),
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn routes_by_host_with_and_without_port() {
+        let cfg = ProxyConfig::build(&store(), &ProxyConfig::default(), &me());
+        let out = cfg.outbound.as_ref().expect("outbound table");
+        let t = out.find("catalog:8080", "/").unwrap();
+        assert_eq!(&*t.cluster_name, "catalog.default.svc.cluster.local:8080");
+        assert!(
+            out.find("catalog.default.svc.cluster.local:8080", "/x")
+                .is_some()
+        );
+        assert!(
+            out.find("catalog", "/").is_none(),
+            "bare host only for port 80"
+        );
+        assert!(out.find("catalog:9999", "/").is_none());
+        let w = out.find("web.default", "/").unwrap();
+        assert_eq!(&*w.cluster_name, "web.default.svc.cluster.local:80");
+        assert!(out.find("web:80", "/").is_some());
+        assert!(out.find("nope", "/").is_none());
+    }
+
+    #[test]
+    fn clusters_endpoints_and_inbound() {
+        let cfg = ProxyConfig::build(&store(), &ProxyConfig::default(), &me());
+        let out = cfg.outbound.as_ref().unwrap();
+        let cat = out
+            .find("catalog:8080", "/")
+            .unwrap()
+            .cluster
+            .clone()
+            .unwrap();
+        assert_eq!(&*cat.service, "catalog.default.svc.cluster.local");
+        assert_eq!(cat.endpoints.len(), 2);
+        assert_eq!(
+            cat.endpoints[0].connect_addr,
+            "10.0.0.1:15006".parse().unwrap()
+        );
+        assert_eq!(
+            cat.endpoints[1].connect_addr,
+            "10.0.0.2:8080".parse().unwrap()
+        );
+        let a = cat.pick().unwrap().spec.address;
+        let b = cat.pick().unwrap().spec.address;
+        assert_ne!(a, b);
+        let web = out.find("web", "/").unwrap().cluster.clone().unwrap();
+        assert!(web.pick().is_none());
+        let inbound = cfg.inbound.as_ref().unwrap();
+        let t = inbound.ports.get(&9090).unwrap();
+        let c = t.cluster.as_ref().unwrap();
+        assert!(c.http2);
+        assert_eq!(
+            c.endpoints[0].spec.address,
+            "127.0.0.9:9090".parse().unwrap()
+        );
+        assert_eq!(inbound.port_list(), "[9090]");
+    }
+
+    #[test]
+    fn rebuild_reuses_unchanged_clusters() {
+        let s = store();
+        let first = ProxyConfig::build(&s, &ProxyConfig::default(), &me());
+        let second = ProxyConfig::build(&s, &first, &me());
+        let name = "catalog.default.svc.cluster.local:8080";
+        assert!(Arc::ptr_eq(&first.clusters[name], &second.clusters[name]));
+    }
+
+    #[test]
+    fn wildcard_domains() {
+        let mut t = RouteTable::default();
+        let spec = RouteSpec {
+            name: "r".into(),
+            virtual_hosts: vec![
+                crate::decode::VirtualHostSpec {
+                    name: "a".into(),
+                    domains: vec!["*.example.com".into()],
+                    rules: vec![crate::decode::RouteRule {
+                        path: PathMatch::Exact("/only".into()),
+                        cluster: "a".into(),
+                    }],
+                },
+                crate::decode::VirtualHostSpec {
+                    name: "b".into(),
+                    domains: vec!["*".into()],
+                    rules: vec![crate::decode::RouteRule {
+                        path: PathMatch::Prefix(String::new()),
+                        cluster: "b".into(),
+                    }],
+                },
+            ],
+        };
+        t.add(&spec, &HashMap::new());
+        assert_eq!(
+            &*t.find("x.example.com", "/only").unwrap().cluster_name,
+            "a"
+        );
+        assert!(t.find("x.example.com", "/other").is_none());
+        assert_eq!(&*t.find("other", "/").unwrap().cluster_name, "b");
+        assert_eq!(service_of("a.b.svc:80"), "a.b.svc");
+        assert_eq!(service_of("inbound|80"), "inbound|80");
+    }
+}

@@ -1,0 +1,280 @@
+//! Upstream connections, pooled.
+//!
+//! HTTP/1.1 goes through hyper-util's pooling client, keyed by the endpoint address
+//! (the request URI names the endpoint; the original `Host` header is kept).
+//! HTTP/2 (h2c prior knowledge: to remote sidecars and to HTTP/2 apps) uses one
+//! multiplexed connection per address from [`H2Pool`], so the `:authority` stays the
+//! one the app asked for instead of the endpoint's IP.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::headers::strip_hop_by_hop;
+
+/// The body of every response the proxy sends downstream: the upstream's body
+/// streamed through, or one the proxy wrote itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// A response the proxy writes itself (errors, admin pages).
+pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(body.into())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    #[error("connect to {addr} failed: {reason}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The request could not be formed (bad authority, bad path).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The connection was made but the exchange failed.
+    #[error("request to {addr} failed: {reason}")]
+    Exchange {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl UpstreamError {
+    /// The status code to answer downstream with: 503 when the upstream could not
+    /// be reached, 400 for a request that cannot be forwarded, else 502.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Invalid(_) => StatusCode::BAD_REQUEST,
+            UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// The causes of `e` (skipping its generic top level), joined by `: `.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// One HTTP/2 connection per address, shared by all requests to it.
+#[derive(Debug, Default)]
+pub struct H2Pool {
+    conns: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Slot {
+    sender: Option<SendRequest<Incoming>>,
+    /// Serialises connection setup so concurrent first requests share one connection.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl H2Pool {
+    fn cached(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<SendRequest<Incoming>, Arc<tokio::sync::Mutex<()>>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = conns.entry(addr).or_default();
+        match &slot.sender {
+            Some(s) if !s.is_closed() => Ok(s.clone()),
+            _ => Err(slot.connecting.clone()),
+        }
+    }
+
+    /// A sender on a live connection to `addr`, connecting if needed.
+    pub async fn get(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let lock = match self.cached(addr) {
+            Ok(s) => return Ok(s),
+            Err(lock) => lock,
+        };
+        let _guard = lock.lock().await;
+        // Someone else may have connected while we waited.
+        if let Ok(s) = self.cached(addr) {
+            return Ok(s);
+        }
+        let connect_err = |reason: String| UpstreamError::Connect { addr, reason };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err(format!("timed out after {} ms", timeout.as_millis())))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .adaptive_window(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(format!("HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "upstream HTTP/2 connection closed: {e}");
+            }
+        });
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.entry(addr).or_default().sender = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Forgets a connection that failed, so the next request reconnects.
+    fn evict(&self, addr: SocketAddr) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = conns.get_mut(&addr) {
+            slot.sender = None;
+        }
+    }
+}
+
+/// The proxy's upstream clients.
+#[derive(Debug)]
+pub struct Upstreams {
+    h1: Client<HttpConnector, Incoming>,
+    h2: H2Pool,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams::new()
+    }
+}
+
+/// Connect timeout of HTTP/1.1 upstreams (the pooling client has one for all).
+const H1_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Upstreams {
+    /// Clients with pooling on.
+    pub fn new() -> Upstreams {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(H1_CONNECT_TIMEOUT));
+        connector.enforce_http(true);
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .set_host(false)
+            .build(connector);
+        Upstreams {
+            h1,
+            h2: H2Pool::default(),
+        }
+    }
+
+    /// Sends `req` to `addr`, keeping `authority` as the request's host.
+    ///
+    /// Hop-by-hop headers are removed and the URI is reduced to its path, as an
+    /// origin server expects; callers add their own headers beforehand.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        http2: bool,
+        connect_timeout: Duration,
+        authority: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or("/");
+        let invalid = |e: http::Error| UpstreamError::Invalid(e.to_string());
+        let mut resp = if http2 {
+            // `:authority` carries the host; a Host header would be redundant.
+            parts.headers.remove(header::HOST);
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(invalid)?;
+            parts.version = Version::HTTP_2;
+            let mut sender = self.h2.get(addr, connect_timeout).await?;
+            let req = Request::from_parts(parts, body);
+            let sent = async {
+                sender.ready().await?;
+                sender.send_request(req).await
+            };
+            match sent.await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if sender.is_closed() {
+                        self.h2.evict(addr);
+                    }
+                    return Err(UpstreamError::Exchange {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        } else {
+            let host = HeaderValue::from_str(authority)
+                .map_err(|e| UpstreamError::Invalid(format!("bad host {authority:?}: {e}")))?;
+            parts.headers.insert(header::HOST, host);
+            parts.uri = Uri::builder()
+                .scheme("http")
+                .authority(addr.to_string())
+                .path_and_query(path)
+                .build()
+                .map_err(invalid)?;
+            parts.version = Version::HTTP_11;
+            match self.h1.request(Request::from_parts(parts, body)).await {
+                Ok(resp) => resp,
+                Err(e) if e.is_connect() => {
+                    let reason = causes(&e);
+                    return Err(UpstreamError::Connect { addr, reason });
+                }
+                Err(e) => {
+                    let reason = causes(&e);
+                    return Err(UpstreamError::Exchange { addr, reason });
+                }
+            }
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+}
