@@ -19,7 +19,12 @@ struct Instance {
 }
 
 impl Instance {
-    async fn start(name: &str, xds_url: &str, extra_args: &[&str], dir: &std::path::Path) -> Instance {
+    async fn start(
+        name: &str,
+        xds_url: &str,
+        extra_args: &[&str],
+        dir: &std::path::Path,
+    ) -> Instance {
         let ip = unique_ip();
         let upstream = Upstream::start(name, (ip, 8080).into()).await;
         let sidecar = Sidecar::start(name, ip, xds_url, extra_args, dir);
@@ -67,7 +72,13 @@ impl World {
     }
 
     async fn add_instance(&mut self, name: &str) {
-        let instance = Instance::start(name, &self.controller.xds_url(), &self.extra_args, &self.dir).await;
+        let instance = Instance::start(
+            name,
+            &self.controller.xds_url(),
+            &self.extra_args,
+            &self.dir,
+        )
+        .await;
         self.catalog.push(instance);
     }
 
@@ -85,7 +96,11 @@ impl World {
         }
         let world_yaml = |catalog: &[Instance]| {
             let mut w = vec![("frontend-1", "frontend", client_ip, 8080)];
-            w.extend(catalog.iter().map(|i| (i.name.as_str(), "catalog", i.ip, 8080)));
+            w.extend(
+                catalog
+                    .iter()
+                    .map(|i| (i.name.as_str(), "catalog", i.ip, 8080)),
+            );
             mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w)
         };
         std::fs::write(&file, world_yaml(&catalog)).unwrap();

@@ -497,3 +497,110 @@ async fn delta_unsubscribe_stops_updates() {
         "an unsubscribed resource was pushed"
     );
 }
+
+#[tokio::test]
+async fn delta_reports_missing_names_and_resends_on_resubscribe() {
+    let m = mesh("missing", 1).await;
+    let mut d = Delta::open(&m.controller.xds_url()).await;
+    let mut first = delta_request(ENDPOINT, &[CATALOG, "nosuch.default.svc.cluster.local:80"]);
+    first.node = Some(node("frontend-1"));
+    d.send(first).await;
+    let eds = d.recv().await;
+    assert_eq!(eds.resources.len(), 1);
+    assert_eq!(
+        eds.removed_resources,
+        ["nosuch.default.svc.cluster.local:80"],
+        "a missing name is reported"
+    );
+    let ack = |nonce: &str| DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    d.send(ack(&eds.nonce)).await;
+    assert!(
+        d.is_quiet(Duration::from_millis(300)).await,
+        "the report is sent once"
+    );
+    // Subscribing again to a name the proxy has must send it again.
+    let mut again = ack(&eds.nonce);
+    again.resource_names_subscribe = vec![CATALOG.into()];
+    d.send(again).await;
+    let resent = d.recv().await;
+    assert_eq!(resent.resources.len(), 1);
+    assert_eq!(resent.resources[0].name, CATALOG);
+}
+
+#[tokio::test]
+async fn delta_unsubscribing_under_wildcard_is_answered() {
+    let m = mesh("rewild", 1).await;
+    let mut d = Delta::open(&m.controller.xds_url()).await;
+    let mut first = delta_request(CLUSTER, &["*", CATALOG]);
+    first.node = Some(node("frontend-1"));
+    d.send(first).await;
+    let cds = d.recv().await;
+    d.send(DeltaDiscoveryRequest {
+        type_url: CLUSTER.into(),
+        response_nonce: cds.nonce.clone(),
+        resource_names_unsubscribe: vec![CATALOG.into()],
+        ..Default::default()
+    })
+    .await;
+    let answer = d.recv().await;
+    let names: Vec<&str> = answer.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [CATALOG],
+        "the wildcard still covers it, so it is sent again"
+    );
+}
+
+#[tokio::test]
+async fn sotw_empty_list_after_names_is_not_a_wildcard() {
+    let m = mesh("unnamed", 1).await;
+    let mut s = Sotw::open(&m.controller.xds_url()).await;
+    let mut first = sotw_request(CLUSTER, &[CATALOG], None);
+    first.node = Some(node("grpc-like"));
+    s.send(first).await;
+    let named = s.recv().await;
+    assert_eq!(named.resources.len(), 1);
+    s.send(sotw_request(CLUSTER, &[], Some(&named))).await;
+    let cleared = s.recv().await;
+    assert!(
+        cleared.resources.is_empty(),
+        "clearing the names unsubscribes from all"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_cluster_is_followed_by_its_endpoints_even_if_unchanged() {
+    let m = mesh("warming", 1).await;
+    let mut s = Sotw::open(&m.controller.xds_url()).await;
+    let mut first = sotw_request(CLUSTER, &[], None);
+    first.node = Some(node("frontend-1"));
+    s.send(first).await;
+    let cds = s.recv().await;
+    s.send(sotw_request(CLUSTER, &[], Some(&cds))).await;
+    s.send(sotw_request(ENDPOINT, &[CATALOG], None)).await;
+    let eds = s.recv().await;
+    s.send(sotw_request(ENDPOINT, &[CATALOG], Some(&eds))).await;
+    // Switch catalog to gRPC: the cluster changes, its endpoints do not.
+    let yaml = catalog_yaml(&m.ips, 1).replace(
+        "metadata: {name: catalog, namespace: default}\nspec: {selector: {app: catalog}, ports: [{name: http, port: 8080}]}",
+        "metadata: {name: catalog, namespace: default}\nspec: {selector: {app: catalog}, ports: [{name: http, port: 8080, appProtocol: grpc}]}",
+    );
+    assert_ne!(
+        yaml,
+        catalog_yaml(&m.ips, 1),
+        "the test edits the catalog port"
+    );
+    m.write(&yaml);
+    let cds2 = s.recv().await;
+    assert_eq!(cds2.type_url, CLUSTER);
+    let eds2 = s.recv().await;
+    assert_eq!(
+        eds2.type_url, ENDPOINT,
+        "Envoy keeps a changed cluster warming until EDS arrives"
+    );
+    assert_eq!(eds2.version_info, eds.version_info, "same endpoints");
+}

@@ -1,19 +1,17 @@
 //! Delta (incremental) ADS: responses carry only what changed, and removals.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
 use mesh_xds::{ProxyView, ResourceType, version};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use super::XdsContext;
-use super::tracker::{StreamTracker, Subscription, WILDCARD, resource_type};
+use super::tracker::{Closed, StreamTracker, Subscription, Variant, WILDCARD, resource_type};
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
@@ -24,74 +22,41 @@ struct TypeState {
     /// `initial_resource_versions` so a reconnecting proxy is not sent again what
     /// it already has.
     proxy_has: BTreeMap<String, String>,
+    /// Subscribed names already reported as not existing (in `removed_resources`),
+    /// so the report is sent once, not on every push.
+    reported_missing: BTreeSet<String>,
 }
 
-struct Stream {
+/// One Delta stream.
+pub struct Delta {
     tracker: StreamTracker,
     view: ProxyView,
     types: HashMap<ResourceType, TypeState>,
     tx: Tx,
 }
 
-/// The channel to the proxy closed.
-struct Closed;
+impl Variant for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: &'static str = "delta";
 
-/// Serves one Delta stream until either side closes it.
-pub async fn serve(
-    ctx: XdsContext,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: Tx,
-    peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
-    let tracker = match StreamTracker::open(&ctx, first.node.as_ref(), "delta", peer) {
-        Ok(t) => t,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut snapshots = ctx.snapshots.clone();
-    let published = snapshots.borrow_and_update().clone();
-    let mut stream = Stream {
-        view: ProxyView::new(published.snapshot, &tracker.node),
-        tracker,
-        types: HashMap::new(),
-        tx,
-    };
-    if stream.handle(first).await.is_err() {
-        return;
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
-    loop {
-        tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(r)) => if stream.handle(r).await.is_err() { return },
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(node = %stream.tracker.node.id, error = %e, "stream ended");
-                    return;
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() { return }
-                let published = snapshots.borrow_and_update().clone();
-                stream.view = ProxyView::new(published.snapshot, &stream.tracker.node);
-                for ty in ResourceType::ALL {
-                    if stream.types.contains_key(&ty)
-                        && stream.push(ty, false, Some(published.changed_at)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
+
+    fn new(tracker: StreamTracker, view: ProxyView, tx: Tx) -> Self {
+        Delta {
+            tracker,
+            view,
+            types: HashMap::new(),
+            tx,
         }
     }
-}
 
-impl Stream {
+    fn tracker(&self) -> &StreamTracker {
+        &self.tracker
+    }
+
     async fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Closed> {
         let Some(ty) = resource_type(&request.type_url) else {
             return Ok(());
@@ -104,8 +69,11 @@ impl Stream {
         let state = self.types.entry(ty).or_default();
         if first {
             state.proxy_has = request.initial_resource_versions.into_iter().collect();
-            // Legacy wildcard: a first request for LDS/CDS naming nothing means all.
-            if request.resource_names_subscribe.is_empty() && ty.is_wildcard_by_default() {
+            // Legacy wildcard: a first LDS/CDS request naming nothing means all.
+            if request.resource_names_subscribe.is_empty()
+                && request.resource_names_unsubscribe.is_empty()
+                && ty.is_wildcard_by_default()
+            {
                 state.subscription.wildcard = true;
             }
         }
@@ -113,16 +81,25 @@ impl Stream {
         for name in request.resource_names_subscribe {
             if name == WILDCARD {
                 state.subscription.wildcard = true;
-            } else {
-                state.subscription.names.insert(name);
+                continue;
             }
+            if !first {
+                // A name subscribed again must be sent again (the proxy may have
+                // dropped it), and reported again if it does not exist.
+                state.proxy_has.remove(&name);
+                state.reported_missing.remove(&name);
+            }
+            state.subscription.names.insert(name);
         }
+        let mut unsubscribed = false;
         for name in request.resource_names_unsubscribe {
             if name == WILDCARD {
                 state.subscription.wildcard = false;
             } else {
+                unsubscribed = true;
                 state.subscription.names.remove(&name);
                 state.proxy_has.remove(&name);
+                state.reported_missing.remove(&name);
             }
         }
         if !state.subscription.wildcard {
@@ -130,20 +107,54 @@ impl Stream {
             let names = &state.subscription.names;
             state.proxy_has.retain(|n, _| names.contains(n));
         }
-        if first || subscribed {
+        // Unsubscribing a name that the wildcard still covers must be answered with
+        // the resource again; a pure ACK is never answered.
+        let rewildcarded = unsubscribed && state.subscription.wildcard;
+        if first || subscribed || rewildcarded {
             // A new subscription gets an answer even when nothing is new, so the
-            // proxy knows the type is (possibly) empty; a pure ACK never does.
-            return self.push(ty, first, None).await;
+            // proxy knows the type is (possibly) empty.
+            self.push(ty, first, None).await?;
         }
         Ok(())
     }
 
+    async fn refresh(&mut self, view: ProxyView, change_at: Instant) -> Result<(), Closed> {
+        self.view = view;
+        for ty in ResourceType::ALL {
+            if !self.types.contains_key(&ty) {
+                continue;
+            }
+            let changed = self.push(ty, false, Some(change_at)).await?;
+            // Envoy warms a changed cluster (listener) until it gets its EDS (RDS)
+            // again, even unchanged: forget that the proxy has them so they are re-sent.
+            let dependent = match ty {
+                ResourceType::Cluster => Some(ResourceType::Endpoint),
+                ResourceType::Listener => Some(ResourceType::Route),
+                _ => None,
+            };
+            if let Some(state) = dependent.and_then(|d| self.types.get_mut(&d)) {
+                if ty == ResourceType::Listener && !changed.is_empty() {
+                    state.proxy_has.clear();
+                } else {
+                    for name in &changed {
+                        state.proxy_has.remove(name);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Delta {
+    /// Sends what changed for `ty` (or an empty response if `always`); returns the
+    /// names of the resources sent.
     async fn push(
         &mut self,
         ty: ResourceType,
         always: bool,
         change_at: Option<Instant>,
-    ) -> Result<(), Closed> {
+    ) -> Result<Vec<String>, Closed> {
         let started = Instant::now();
         let state = self.types.entry(ty).or_default();
         let selected = state.subscription.select(&self.view, ty);
@@ -157,14 +168,30 @@ impl Stream {
                 ..Default::default()
             })
             .collect();
-        let removed: Vec<String> = state
+        let mut removed: Vec<String> = state
             .proxy_has
             .keys()
             .filter(|n| !selected.contains_key(*n))
             .cloned()
             .collect();
+        // Named resources that do not exist are reported once as removed, so the
+        // proxy need not wait for its does-not-exist timer.
+        let missing: Vec<String> = state
+            .subscription
+            .names
+            .iter()
+            .filter(|n| {
+                !selected.contains_key(*n)
+                    && !state.proxy_has.contains_key(*n)
+                    && !state.reported_missing.contains(*n)
+            })
+            .cloned()
+            .collect();
+        state.reported_missing.extend(missing.iter().cloned());
+        state.reported_missing.retain(|n| !selected.contains_key(n));
+        removed.extend(missing);
         if changed.is_empty() && removed.is_empty() && !always {
-            return Ok(());
+            return Ok(Vec::new());
         }
         for r in &changed {
             state.proxy_has.insert(r.name.clone(), r.version.clone());
@@ -179,6 +206,7 @@ impl Stream {
                 .map(|(n, v)| (n.as_str(), v.as_str())),
         );
         let count = state.proxy_has.len();
+        let names: Vec<String> = changed.iter().map(|r| r.name.clone()).collect();
         let nonce = self.tracker.nonce();
         let response = DeltaDiscoveryResponse {
             system_version_info: version.clone(),
@@ -194,6 +222,6 @@ impl Stream {
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.tracker
             .sent(ty, nonce, version, count, change_at, started);
-        Ok(())
+        Ok(names)
     }
 }

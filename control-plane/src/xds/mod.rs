@@ -71,7 +71,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let ctx = self.ctx.clone();
         let peer = request.remote_addr();
-        tokio::spawn(sotw::serve(ctx, request.into_inner(), tx, peer));
+        tokio::spawn(tracker::drive::<sotw::Sotw>(
+            ctx,
+            request.into_inner(),
+            tx,
+            peer,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -82,7 +87,12 @@ impl AggregatedDiscoveryService for AdsServer {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let ctx = self.ctx.clone();
         let peer = request.remote_addr();
-        tokio::spawn(delta::serve(ctx, request.into_inner(), tx, peer));
+        tokio::spawn(tracker::drive::<delta::Delta>(
+            ctx,
+            request.into_inner(),
+            tx,
+            peer,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,92 +1,58 @@
 //! State-of-the-World ADS: every response carries the full set of a type.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use mesh_xds::{ProxyView, ResourceType, version};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use super::XdsContext;
-use super::tracker::{Reply, StreamTracker, Subscription, WILDCARD, resource_type};
+use super::tracker::{
+    Closed, Reply, StreamTracker, Subscription, Variant, WILDCARD, resource_type,
+};
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
 #[derive(Debug, Default)]
 struct TypeState {
     subscription: Subscription,
+    /// Once a client has named resources, an empty list means "none", not "all".
+    ever_named: bool,
     last_version: Option<String>,
 }
 
-struct Stream {
+/// One SotW stream.
+pub struct Sotw {
     tracker: StreamTracker,
     view: ProxyView,
     types: HashMap<ResourceType, TypeState>,
     tx: Tx,
 }
 
-/// Serves one SotW stream until either side closes it.
-pub async fn serve(
-    ctx: XdsContext,
-    mut requests: Streaming<DiscoveryRequest>,
-    tx: Tx,
-    peer: Option<SocketAddr>,
-) {
-    let first = match requests.message().await {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
-    let tracker = match StreamTracker::open(&ctx, first.node.as_ref(), "sotw", peer) {
-        Ok(t) => t,
-        Err(status) => {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut snapshots = ctx.snapshots.clone();
-    let published = snapshots.borrow_and_update().clone();
-    let mut stream = Stream {
-        view: ProxyView::new(published.snapshot, &tracker.node),
-        tracker,
-        types: HashMap::new(),
-        tx,
-    };
-    if stream.handle(first).await.is_err() {
-        return;
+impl Variant for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: &'static str = "sotw";
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
-    loop {
-        tokio::select! {
-            request = requests.message() => match request {
-                Ok(Some(r)) => if stream.handle(r).await.is_err() { return },
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(node = %stream.tracker.node.id, error = %e, "stream ended");
-                    return;
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() { return }
-                let published = snapshots.borrow_and_update().clone();
-                stream.view = ProxyView::new(published.snapshot, &stream.tracker.node);
-                for ty in ResourceType::ALL {
-                    if stream.types.contains_key(&ty)
-                        && stream.push(ty, false, Some(published.changed_at)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
+
+    fn new(tracker: StreamTracker, view: ProxyView, tx: Tx) -> Self {
+        Sotw {
+            tracker,
+            view,
+            types: HashMap::new(),
+            tx,
         }
     }
-}
 
-/// The channel to the proxy closed.
-struct Closed;
+    fn tracker(&self) -> &StreamTracker {
+        &self.tracker
+    }
 
-impl Stream {
     async fn handle(&mut self, request: DiscoveryRequest) -> Result<(), Closed> {
         let Some(ty) = resource_type(&request.type_url) else {
             return Ok(());
@@ -97,36 +63,53 @@ impl Stream {
         if reply == Reply::Stale {
             return Ok(());
         }
-        // Envoy's rule: an empty name list means "all" for LDS and CDS; `*` means
-        // "all" for any type.
+        let state = self.types.entry(ty).or_default();
+        // Envoy's rule: an empty name list means "all" for LDS and CDS until the
+        // client has named something; `*` means "all" explicitly.
         let explicit = request.resource_names.iter().any(|n| n == WILDCARD);
         let names: BTreeSet<String> = request
             .resource_names
             .into_iter()
             .filter(|n| n != WILDCARD)
             .collect();
-        let asked_wildcard = explicit || names.is_empty() && ty.is_wildcard_by_default();
-        let subscription = Subscription {
-            wildcard: asked_wildcard,
-            names,
-        };
-        let state = self.types.entry(ty).or_default();
-        let first = reply == Reply::Initial;
-        if first || state.subscription != subscription {
+        state.ever_named |= !names.is_empty();
+        let wildcard =
+            explicit || names.is_empty() && ty.is_wildcard_by_default() && !state.ever_named;
+        let subscription = Subscription { wildcard, names };
+        if reply == Reply::Initial || state.subscription != subscription {
             state.subscription = subscription;
             // A new or changed subscription always gets an answer; a pure ACK or
             // NACK never does (answering ACKs loops forever).
-            return self.push(ty, true, None).await;
+            self.push(ty, true, None).await?;
         }
         Ok(())
     }
 
+    async fn refresh(&mut self, view: ProxyView, change_at: Instant) -> Result<(), Closed> {
+        self.view = view;
+        let mut force = false;
+        for ty in ResourceType::ALL {
+            if !self.types.contains_key(&ty) {
+                continue;
+            }
+            // Envoy warms a changed cluster (listener) until it gets a new EDS (RDS)
+            // response, even an unchanged one, so a CDS (LDS) push forces the next type.
+            let sent = self.push(ty, force, Some(change_at)).await?;
+            force = sent && matches!(ty, ResourceType::Cluster | ResourceType::Listener);
+        }
+        Ok(())
+    }
+}
+
+impl Sotw {
+    /// Sends the type's resources if they changed (or `force`); returns whether a
+    /// response was sent.
     async fn push(
         &mut self,
         ty: ResourceType,
         force: bool,
         change_at: Option<Instant>,
-    ) -> Result<(), Closed> {
+    ) -> Result<bool, Closed> {
         let started = Instant::now();
         let state = self.types.entry(ty).or_default();
         let selected = state.subscription.select(&self.view, ty);
@@ -136,7 +119,7 @@ impl Stream {
                 .map(|r| (r.name.as_str(), r.version.as_str())),
         );
         if !force && state.last_version.as_deref() == Some(version.as_str()) {
-            return Ok(());
+            return Ok(false);
         }
         state.last_version = Some(version.clone());
         let nonce = self.tracker.nonce();
@@ -154,6 +137,6 @@ impl Stream {
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.tracker
             .sent(ty, nonce, version, count, change_at, started);
-        Ok(())
+        Ok(true)
     }
 }

@@ -2,13 +2,15 @@
 //! stream, and tracking sent nonces against ACKs and NACKs per type.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use mesh_xds::{ProxyNode, ResourceType};
-use tonic::Status;
+use mesh_xds::{ProxyNode, ProxyView, ResourceType};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
 
 use super::XdsContext;
 use super::status::SyncStatus;
@@ -207,5 +209,93 @@ impl Subscription {
             }
         }
         out
+    }
+}
+
+/// The channel to the proxy closed; the stream ends.
+#[derive(Debug)]
+pub struct Closed;
+
+/// One ADS variant's handling of requests and snapshot changes; [`drive`] runs the
+/// loop both variants share.
+pub trait Variant: Sized + Send {
+    /// The variant's request message.
+    type Request: Send + 'static;
+    /// The variant's response message.
+    type Response: Send + 'static;
+    /// `sotw` or `delta`, for logs and `/debug/syncz`.
+    const PROTOCOL: &'static str;
+
+    /// The node in a request, if it carries one.
+    fn node(request: &Self::Request) -> Option<&Node>;
+    /// A new stream's state.
+    fn new(
+        tracker: StreamTracker,
+        view: ProxyView,
+        tx: mpsc::Sender<Result<Self::Response, Status>>,
+    ) -> Self;
+    /// The stream's bookkeeping.
+    fn tracker(&self) -> &StreamTracker;
+    /// Handles one request from the proxy.
+    fn handle(
+        &mut self,
+        request: Self::Request,
+    ) -> impl std::future::Future<Output = Result<(), Closed>> + Send;
+    /// Pushes what changed for the proxy in a new snapshot.
+    fn refresh(
+        &mut self,
+        view: ProxyView,
+        change_at: Instant,
+    ) -> impl std::future::Future<Output = Result<(), Closed>> + Send;
+}
+
+/// Serves one ADS stream until either side closes it: the first request opens it
+/// (and must carry the node), then requests and snapshot changes are handled in
+/// arrival order.
+pub async fn drive<V: Variant>(
+    ctx: XdsContext,
+    mut requests: Streaming<V::Request>,
+    tx: mpsc::Sender<Result<V::Response, Status>>,
+    peer: Option<SocketAddr>,
+) where
+    Streaming<V::Request>: Send,
+{
+    let first = match requests.message().await {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let tracker = match StreamTracker::open(&ctx, V::node(&first), V::PROTOCOL, peer) {
+        Ok(t) => t,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut snapshots = ctx.snapshots.clone();
+    let published = snapshots.borrow_and_update().clone();
+    let view = ProxyView::new(published.snapshot, &tracker.node);
+    let mut stream = V::new(tracker, view, tx);
+    if stream.handle(first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            request = requests.message() => match request {
+                Ok(Some(r)) => if stream.handle(r).await.is_err() { return },
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(node = %stream.tracker().node.id, error = %e, "stream ended");
+                    return;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() { return }
+                let published = snapshots.borrow_and_update().clone();
+                let view = ProxyView::new(published.snapshot, &stream.tracker().node);
+                if stream.refresh(view, published.changed_at).await.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }

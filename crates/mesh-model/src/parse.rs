@@ -119,6 +119,7 @@ struct RawEnvVar {
 pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelError> {
     let mut objects = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut cluster_ips: HashMap<IpAddr, (String, usize)> = HashMap::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_no = index + 1;
         let value = serde_yaml::Value::deserialize(document).map_err(|e| {
@@ -139,6 +140,22 @@ pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelErr
             }
         })?;
         let described = object.describe();
+        if let Object::Service(Service {
+            cluster_ip: Some(ip),
+            ..
+        }) = &object
+            && let Some((owner, doc)) = cluster_ips.insert(*ip, (described.clone(), doc_no))
+        {
+            return Err(ModelError::new(
+                origin,
+                Some(doc_no),
+                ModelErrorKind::Invalid {
+                    field: "spec.clusterIP".into(),
+                    reason: format!("{ip} is already the cluster IP of {owner} (document {doc})"),
+                },
+            )
+            .with_object(described));
+        }
         if let Some(first) = seen.insert(described.clone(), doc_no) {
             return Err(ModelError::new(
                 origin,
@@ -492,6 +509,21 @@ spec:
             "apiVersion: mesh.io/v1alpha1\nkind: Workload\nmetadata: {name: a}\nspec: {adress: 127.0.0.1}\n",
         );
         assert!(e.to_string().contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn cluster_ips_are_unique() {
+        let svc = |name: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{clusterIP: 10.0.0.1, ports: [{{port: 80}}]}}\n"
+            )
+        };
+        let e = err(&format!("{}---\n{}", svc("a"), svc("b")));
+        assert!(
+            e.to_string()
+                .contains("already the cluster IP of Service/default/a"),
+            "{e}"
+        );
     }
 
     #[test]

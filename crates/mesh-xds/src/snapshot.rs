@@ -49,6 +49,30 @@ impl Resource {
             body,
         })
     }
+
+    /// Like [`Resource::new`], but returns `previous` when it holds the same message.
+    ///
+    /// Protobuf maps (endpoint metadata is a `Struct`) encode in hash-map order, which
+    /// differs between builds, so equal resources can encode to different bytes. Reusing
+    /// the previous encoding keeps the version of an unchanged resource stable, and an
+    /// unchanged resource is then never pushed again.
+    pub fn reuse<M: Message + Name + Default + PartialEq>(
+        name: &str,
+        message: &M,
+        previous: Option<&Arc<Resource>>,
+    ) -> Arc<Resource> {
+        let fresh = Resource::new(name, message);
+        match previous {
+            Some(old)
+                if old.body.value == fresh.body.value
+                    || old.body.type_url == fresh.body.type_url
+                        && M::decode(old.body.value.as_slice()).is_ok_and(|m| &m == message) =>
+            {
+                old.clone()
+            }
+            _ => fresh,
+        }
+    }
 }
 
 type ByName = BTreeMap<String, Arc<Resource>>;
@@ -69,8 +93,12 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds every shared resource of `model`.
-    pub fn build(model: Arc<Model>, generation: u64) -> Snapshot {
+    /// Builds every shared resource of `model`, reusing `previous`'s encodings of
+    /// resources that did not change (see [`Resource::reuse`]).
+    pub fn build(model: Arc<Model>, generation: u64, previous: Option<&Snapshot>) -> Snapshot {
+        let prev = |map: fn(&Snapshot) -> &ByName, name: &str| -> Option<Arc<Resource>> {
+            previous.and_then(|p| map(p).get(name).cloned())
+        };
         let mut clusters = ByName::new();
         let mut endpoints = ByName::new();
         let mut api_listeners = ByName::new();
@@ -80,12 +108,20 @@ impl Snapshot {
             let http2 = resources::is_http2(view.port.app_protocol.as_deref());
             clusters.insert(
                 name.clone(),
-                Resource::new(&name, &resources::service_cluster(&name, http2)),
+                Resource::reuse(
+                    &name,
+                    &resources::service_cluster(&name, http2),
+                    prev(|p| &p.clusters, &name).as_ref(),
+                ),
             );
             let eps = model.endpoints(view.service, view.port);
             endpoints.insert(
                 name.clone(),
-                Resource::new(&name, &resources::load_assignment(&name, &eps)),
+                Resource::reuse(
+                    &name,
+                    &resources::load_assignment(&name, &eps),
+                    prev(|p| &p.endpoints, &name).as_ref(),
+                ),
             );
             api_listeners.insert(
                 name.clone(),
@@ -120,6 +156,9 @@ impl Snapshot {
 }
 
 fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
+    // Envoy rejects a whole route configuration with a duplicate domain, so a name
+    // two services claim (e.g. a shared cluster IP) goes to the first only.
+    let mut seen = std::collections::HashSet::new();
     let virtual_hosts = model
         .service_ports()
         .map(|view| {
@@ -131,7 +170,10 @@ fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
                 view.port.port,
                 client_namespace,
                 view.service.cluster_ip,
-            );
+            )
+            .into_iter()
+            .filter(|d| seen.insert(d.clone()))
+            .collect();
             resources::service_virtual_host(&cluster, domains)
         })
         .collect();
@@ -165,7 +207,8 @@ impl ProxyView {
             .workload
             .as_deref()
             .and_then(|w| model.workload(&node.namespace, w))
-            .filter(|w| w.address.is_some());
+            // Envoy rejects a listener without filter chains: no ports, no inbound.
+            .filter(|w| w.address.is_some() && !w.ports.is_empty());
         let mut inbound_clusters = ByName::new();
         let inbound_listener = workload.map(|w| {
             let ip = w.address.expect("filtered on address");

@@ -45,7 +45,7 @@ spec: {address: 127.0.1.2, ports: [{port: 3000}, {port: 3001}], serviceAccount: 
 
 fn view(workload: Option<&str>, namespace: &str) -> ProxyView {
     let model = Model::new(parse_documents(MESH, "t").unwrap(), ModelOptions::default());
-    let snapshot = Arc::new(Snapshot::build(Arc::new(model), 1));
+    let snapshot = Arc::new(Snapshot::build(Arc::new(model), 1, None));
     ProxyView::new(
         snapshot,
         &ProxyNode {
@@ -137,4 +137,29 @@ fn grpc_ports_get_http2_clusters_and_versions_are_content_hashes() {
         ra.version, rb.version,
         "same content, same version across builds"
     );
+}
+
+#[test]
+fn rebuilding_an_unchanged_model_keeps_every_version() {
+    // Endpoint metadata is a protobuf Struct (a hash map): its encoding order varies
+    // between builds, so stability comes from reusing equal resources.
+    let model = Arc::new(Model::new(
+        parse_documents(MESH, "t").unwrap(),
+        ModelOptions::default(),
+    ));
+    let mut previous = Arc::new(Snapshot::build(model.clone(), 1, None));
+    let node = ProxyNode::default();
+    for generation in 2..20 {
+        let next = Arc::new(Snapshot::build(model.clone(), generation, Some(&previous)));
+        let (a, b) = (
+            ProxyView::new(previous.clone(), &node),
+            ProxyView::new(next.clone(), &node),
+        );
+        for ty in ResourceType::ALL {
+            let va: Vec<_> = a.wildcard(ty).iter().map(|r| r.version.clone()).collect();
+            let vb: Vec<_> = b.wildcard(ty).iter().map(|r| r.version.clone()).collect();
+            assert_eq!(va, vb, "{ty} versions changed without a model change");
+        }
+        previous = next;
+    }
 }
