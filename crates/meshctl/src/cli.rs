@@ -1,0 +1,149 @@
+//! The command line: every subcommand's flags, in one place.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `meshctl`: operate the mesh, or run it locally with `meshctl up`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Operate the mesh; run it locally with `meshctl up`"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands. The hidden ones make the binary self-contained: `up` starts the
+/// controller and the sidecars as `meshctl controller ...` / `meshctl proxy ...`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a whole mesh on this machine: controller, sidecars and apps from a mesh file.
+    Up(UpArgs),
+    /// Run the control plane (takes `mesh-controller`'s flags).
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    Controller(PassThrough),
+    /// Run a sidecar (takes `mesh-proxy`'s flags).
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    Proxy(PassThrough),
+    /// A demo HTTP service that answers with JSON and calls its dependencies.
+    DemoApp(DemoAppArgs),
+    /// A load generator that sends GETs at a steady rate, through `http_proxy`.
+    DemoLoad(DemoLoadArgs),
+}
+
+/// Arguments handed unchanged to an embedded binary's own parser.
+#[derive(Debug, Args)]
+pub struct PassThrough {
+    /// The embedded binary's flags.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<OsString>,
+}
+
+/// Flags of `meshctl up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Mesh file (multi-document YAML); the built-in demo when omitted.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Stop everything and exit after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// The controller's plaintext xDS port on 127.0.0.1.
+    #[arg(long, default_value_t = 15010)]
+    pub xds_port: u16,
+    /// The controller's admin port on 127.0.0.1.
+    #[arg(long, default_value_t = 15014)]
+    pub admin_port: u16,
+    /// Run this `mesh-controller` binary instead of the embedded controller.
+    #[arg(long, value_name = "PATH")]
+    pub controller_bin: Option<PathBuf>,
+    /// Run this `mesh-proxy` binary instead of the embedded sidecar.
+    #[arg(long, value_name = "PATH")]
+    pub proxy_bin: Option<PathBuf>,
+    /// How long the controller and each sidecar may take to become ready.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub ready_timeout: u64,
+    /// Seconds between refreshes of the live service table (0 turns it off).
+    #[arg(long, value_name = "SECS", default_value_t = 3)]
+    pub interval: u64,
+    /// Stream every process's output to stderr too (it always goes to the run dir).
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Flags of `meshctl demo-app`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoAppArgs {
+    /// The service this instance belongs to, reported in every answer.
+    #[arg(long)]
+    pub service: String,
+    /// Where to listen; defaults to `$MESH_ADDRESS:$MESH_PORT` (set by `meshctl up`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Instance name reported in answers; defaults to `$MESH_WORKLOAD`.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// A dependency to call (through `http_proxy`) on every request; repeatable.
+    #[arg(long = "call", value_name = "URL")]
+    pub calls: Vec<String>,
+    /// Timeout of each dependency call, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+/// Flags of `meshctl demo-load`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoLoadArgs {
+    /// The URL to GET, e.g. `http://frontend.default:8080/`.
+    #[arg(long, value_name = "URL")]
+    pub target: String,
+    /// Requests per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rps: f64,
+    /// Most requests in flight at once; the rate drops when all are busy.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Timeout of each request, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Seconds between summary log lines.
+    #[arg(long, default_value_t = 10)]
+    pub report_every: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pass_through_keeps_flags() {
+        let cli = Cli::parse_from(["meshctl", "proxy", "--workload", "a", "--help"]);
+        let Command::Proxy(p) = cli.command else {
+            panic!("not proxy")
+        };
+        assert_eq!(p.args, ["--workload", "a", "--help"]);
+    }
+
+    #[test]
+    fn up_defaults() {
+        let cli = Cli::parse_from(["meshctl", "up", "-f", "x.yaml", "--duration", "5"]);
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
+        assert_eq!(up.file, Some(PathBuf::from("x.yaml")));
+        assert_eq!(up.duration, Some(5));
+        assert_eq!((up.xds_port, up.admin_port), (15010, 15014));
+    }
+}
