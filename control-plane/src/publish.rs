@@ -32,7 +32,7 @@ pub fn start(
 ) -> watch::Receiver<Published> {
     let (first, mut built_revision) = {
         let state = registry.borrow_and_update();
-        let snapshot = Snapshot::build(state.model.clone(), state.revision, None);
+        let snapshot = Snapshot::build(state.model.clone(), Arc::from(""), state.revision, None);
         (
             Published {
                 snapshot: Arc::new(snapshot),
@@ -66,7 +66,7 @@ pub fn start(
             built_revision = revision;
             let started = Instant::now();
             let previous = tx.borrow().snapshot.clone();
-            let snapshot = Snapshot::build(model, revision, Some(&previous));
+            let snapshot = Snapshot::build(model, Arc::from(""), revision, Some(&previous));
             tracing::info!(
                 revision,
                 build_ms = started.elapsed().as_secs_f64() * 1e3,

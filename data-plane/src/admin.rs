@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -16,6 +15,9 @@ fn missing(state: &ProxyState) -> String {
     let cfg = state.config.load();
     let store = &cfg.store;
     let mut parts = Vec::new();
+    if !state.tls.ready() {
+        parts.push("no workload certificate yet".to_string());
+    }
     for ty in [ResourceType::Listener, ResourceType::Cluster] {
         if !store.status(ty).received {
             parts.push(format!("{ty} not received"));
@@ -38,7 +40,7 @@ fn missing(state: &ProxyState) -> String {
         parts.push(format!("EDS waiting for {} clusters", eds.len()));
     }
     if parts.is_empty() {
-        "config complete, publishing".into()
+        "config complete, publishing".to_string()
     } else {
         parts.join("; ")
     }
@@ -54,7 +56,7 @@ pub async fn handle(
     let method = req.method();
     match (method, path) {
         (&Method::GET | &Method::HEAD, "/ready") => {
-            if state.ready.load(Ordering::Acquire) {
+            if state.is_ready() {
                 local_response(StatusCode::OK, "ready\n")
             } else {
                 local_response(
@@ -75,7 +77,8 @@ pub async fn handle(
             resp
         }
         (&Method::GET, "/config_dump") => {
-            let dump = state.config.load().store.dump();
+            let mut dump = state.config.load().store.dump();
+            dump["secrets"] = state.tls.dump();
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{e}"));
             let mut resp = local_response(StatusCode::OK, body);
             resp.headers_mut().insert(

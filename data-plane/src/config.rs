@@ -1,6 +1,7 @@
 //! The sidecar's settings, in one place.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 /// Which ADS variant the sidecar speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,9 +16,36 @@ pub enum XdsProtocol {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "mesh-proxy", about = "The mesh sidecar", version)]
 pub struct ProxyArgs {
-    /// The controller's xDS address.
+    /// The controller's xDS address. `https://host:port` connects with TLS (the
+    /// controller's identity is checked against `--trust-anchors`); `http://` is
+    /// plaintext, for loopback development.
     #[arg(long, env = "MESH_XDS_ADDR", default_value = "http://127.0.0.1:15010")]
     pub xds_addr: String,
+    /// A mesh join token (`meshctl token create`). With a token the sidecar gets a
+    /// certificate from the controller before it serves, and every hop to another
+    /// sidecar is mutual TLS; without one it runs in plaintext dev mode.
+    #[arg(
+        long,
+        env = "MESH_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the join token, re-read before every certificate request.
+    #[arg(long, env = "MESH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM trust bundle (the mesh roots): verifies the controller, and peers until
+    /// the controller sends the bundle over SDS.
+    #[arg(long, env = "MESH_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+    /// SPIFFE trust domain; defaults to the one the trust anchors name, else
+    /// `cluster.local`.
+    #[arg(long, env = "MESH_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Tell the app who called: add `x-forwarded-client-cert: By=<own id>;URI=<peer
+    /// id>` to inbound mutual-TLS requests (an incoming one is always removed).
+    #[arg(long, env = "MESH_FORWARD_CLIENT_CERT")]
+    pub forward_client_cert: bool,
     /// ADS variant to use.
     #[arg(long, value_enum, default_value = "delta")]
     pub xds_protocol: XdsProtocol,
@@ -57,6 +85,11 @@ impl ProxyArgs {
     pub fn new(workload: impl Into<String>, namespace: impl Into<String>) -> ProxyArgs {
         ProxyArgs {
             xds_addr: "http://127.0.0.1:15010".into(),
+            token: None,
+            token_file: None,
+            trust_anchors: None,
+            trust_domain: None,
+            forward_client_cert: false,
             xds_protocol: XdsProtocol::Delta,
             workload: workload.into(),
             namespace: namespace.into(),
@@ -75,6 +108,11 @@ impl ProxyArgs {
         self.node_id
             .clone()
             .unwrap_or_else(|| format!("{}.{}", self.workload, self.namespace))
+    }
+
+    /// Whether the sidecar runs with an identity (a token was given).
+    pub fn identity_enabled(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
     }
 
     /// Where the outbound listener binds.
@@ -119,7 +157,35 @@ mod tests {
         assert_eq!(a.admin(), "127.0.0.5:15000".parse().unwrap());
         assert_eq!(a.xds_protocol, XdsProtocol::Sotw);
         assert_eq!(a.concurrency, 2);
+        assert!(!a.identity_enabled());
         let b = ProxyArgs::new("web-1", "default");
         assert_eq!(b.node_id(), a.node_id());
+        let c = ProxyArgs::try_parse_from([
+            "mesh-proxy",
+            "--workload",
+            "web-1",
+            "--xds-addr",
+            "https://ctl:15012",
+            "--token",
+            "t",
+            "--trust-anchors",
+            "/etc/mesh/roots.pem",
+            "--forward-client-cert",
+        ])
+        .unwrap();
+        assert!(c.identity_enabled() && c.forward_client_cert);
+        assert!(
+            ProxyArgs::try_parse_from([
+                "mesh-proxy",
+                "--workload",
+                "w",
+                "--token",
+                "t",
+                "--token-file",
+                "/f",
+            ])
+            .is_err(),
+            "one token source"
+        );
     }
 }

@@ -12,13 +12,17 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType,
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthStatus, TrafficDirection, address, socket_address::PortSpecifier,
 };
+use envoy_types::pb::envoy::config::core::v3::{data_source, transport_socket};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
     RouteConfiguration, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, Secret, secret,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options::UpstreamProtocolOptions,
@@ -30,10 +34,14 @@ use mesh_xds::any::unpack;
 use mesh_xds::metadata;
 use mesh_xds::resources::{
     HCM_FILTER, HTTP_PROTOCOL_OPTIONS, META_IDENTITY, META_NAMESPACE, META_SIDECAR_PORT,
-    META_WORKLOAD,
+    META_WORKLOAD, ROUTER_FILTER, TLS_TRANSPORT_SOCKET,
 };
 use prost::Name;
 use serde::Serialize;
+
+use crate::authz::{Authz, RBAC_FILTER, decode_rbac};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 
 /// Why one resource was rejected; becomes the NACK's `error_detail` message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,13 +82,19 @@ pub struct ListenerSpec {
     pub chains: Vec<ChainSpec>,
 }
 
-/// One filter chain: an optional destination port and the routes of its HCM.
+/// One filter chain: an optional destination port, its transport, its
+/// authorization and the routes of its HCM.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChainSpec {
     /// Chain name.
     pub name: String,
     /// `filter_chain_match.destination_port`, the app port on the inbound listener.
     pub destination_port: Option<u16>,
+    /// Whether the chain has a (mutual) TLS transport socket; chains without one
+    /// take plaintext, which is how the controller expresses PERMISSIVE.
+    pub tls: bool,
+    /// The RBAC filters in front of the router.
+    pub authz: Arc<Authz>,
     /// Where the chain's routes come from.
     pub routes: RouteSource,
 }
@@ -202,6 +216,22 @@ pub enum Decoded {
     Cluster(Arc<ClusterSpec>),
     /// EDS.
     Endpoint(Arc<LoadAssignment>),
+    /// SDS.
+    Secret(Arc<SecretSpec>),
+}
+
+/// A decoded SDS secret. Only validation contexts (trust bundles) are accepted:
+/// the workload's own certificate never travels over xDS.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretSpec {
+    /// Resource name (`ROOTCA`).
+    pub name: String,
+    /// The trust bundle as PEM, exactly as received.
+    #[serde(skip)]
+    pub pem: String,
+    /// The roots, DER, parsed and checked to be usable trust anchors.
+    #[serde(skip)]
+    pub anchors: Vec<Vec<u8>>,
 }
 
 impl Decoded {
@@ -212,6 +242,7 @@ impl Decoded {
             Decoded::Route(r) => &r.name,
             Decoded::Cluster(c) => &c.name,
             Decoded::Endpoint(e) => &e.cluster_name,
+            Decoded::Secret(s) => &s.name,
         }
     }
 }
@@ -254,7 +285,43 @@ pub fn decode(ty: ResourceType, name_hint: &str, any: &Any) -> Result<Decoded, D
                 .map(|a| Decoded::Endpoint(Arc::new(a)))
                 .map_err(|r| err(&a.cluster_name, r))
         }
+        ResourceType::Secret => {
+            let s: Secret = unpack(any).map_err(|e| err(name_hint, e.to_string()))?;
+            secret_spec(&s)
+                .map(|s| Decoded::Secret(Arc::new(s)))
+                .map_err(|r| err(&s.name, r))
+        }
     }
+}
+
+fn secret_spec(s: &Secret) -> Result<SecretSpec, String> {
+    if s.name.is_empty() {
+        return Err("secret has no name".into());
+    }
+    let Some(secret::Type::ValidationContext(vc)) = &s.r#type else {
+        return Err(
+            "only validation-context secrets (trust bundles) are accepted; \
+             the workload certificate comes from Certify"
+                .into(),
+        );
+    };
+    let pem = match vc.trusted_ca.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8(b.clone())
+            .map_err(|_| "trusted_ca inline_bytes is not UTF-8 PEM".to_string())?,
+        Some(data_source::Specifier::InlineString(t)) => t.clone(),
+        Some(_) => return Err("trusted_ca must be inline (bytes or string)".into()),
+        None => return Err("validation context has no trusted_ca".into()),
+    };
+    let anchors = mesh_identity::tls::anchors_from_pem(&pem).map_err(|e| e.to_string())?;
+    // Building a verifier parses every root as a trust anchor: a bundle that would
+    // fail later is refused now, while the old one is still in use.
+    mesh_identity::tls::client_config(None, &anchors, &[])
+        .map_err(|e| format!("unusable trust bundle: {e}"))?;
+    Ok(SecretSpec {
+        name: s.name.clone(),
+        pem,
+        anchors,
+    })
 }
 
 fn socket_addr(addr: Option<&Address>) -> Result<SocketAddr, String> {
@@ -324,9 +391,37 @@ fn listener(l: &Listener) -> Result<ListenerSpec, String> {
             .ok_or_else(|| format!("filter chain {label} has no HTTP connection manager"))?;
         let hcm: HttpConnectionManager =
             unpack(hcm).map_err(|e| format!("filter chain {label}: {e}"))?;
+        let tls = match &chain.transport_socket {
+            None => false,
+            Some(ts) => {
+                match &ts.config_type {
+                    Some(transport_socket::ConfigType::TypedConfig(any))
+                        if any.type_url == DownstreamTlsContext::type_url() =>
+                    {
+                        let _: DownstreamTlsContext = unpack(any)
+                            .map_err(|e| format!("filter chain {label}: TLS context: {e}"))?;
+                    }
+                    _ if ts.name == TLS_TRANSPORT_SOCKET => {
+                        return Err(format!(
+                            "filter chain {label}: TLS transport socket without a DownstreamTlsContext"
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "filter chain {label}: transport socket {:?} is not supported",
+                            ts.name
+                        ));
+                    }
+                }
+                true
+            }
+        };
+        let authz = http_filters(&hcm).map_err(|e| format!("filter chain {label}: {e}"))?;
         chains.push(ChainSpec {
             name: chain.name.clone(),
             destination_port,
+            tls,
+            authz: Arc::new(authz),
             routes: hcm_routes(&hcm).map_err(|e| format!("filter chain {label}: {e}"))?,
         });
     }
@@ -337,6 +432,30 @@ fn listener(l: &Listener) -> Result<ListenerSpec, String> {
         api_listener,
         chains,
     })
+}
+
+/// The HTTP filters of an HCM: RBAC filters are decoded, the router is implied,
+/// anything else that is not marked optional is refused.
+fn http_filters(hcm: &HttpConnectionManager) -> Result<Authz, String> {
+    let mut authz = Authz::default();
+    for f in &hcm.http_filters {
+        let any = match &f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        };
+        let type_url = any.map(|a| a.type_url.as_str()).unwrap_or_default();
+        if f.name == RBAC_FILTER || type_url == Rbac::type_url() {
+            let any = any.ok_or_else(|| format!("HTTP filter {:?} has no config", f.name))?;
+            if let Some(filter) = decode_rbac(any)? {
+                authz.filters.push(filter);
+            }
+        } else if f.name == ROUTER_FILTER || type_url == Router::type_url() {
+            // The proxy's own routing.
+        } else if !f.is_optional {
+            return Err(format!("HTTP filter {:?} is not supported", f.name));
+        }
+    }
+    Ok(authz)
 }
 
 fn hcm_routes(hcm: &HttpConnectionManager) -> Result<RouteSource, String> {
@@ -552,13 +671,18 @@ mod tests {
     fn inbound_listener_has_ports_and_inline_routes() {
         let Decoded::Listener(l) = ok(
             ResourceType::Listener,
-            &pack(&resources::inbound_listener(&[8080, 9090])),
+            &pack(&resources::inbound_listener(
+                &[8080, 9090],
+                mesh_model::MtlsMode::Strict,
+                &[],
+            )),
         ) else {
             panic!("wrong kind")
         };
         assert_eq!(l.direction, Direction::Inbound);
         let ports: Vec<_> = l.chains.iter().map(|c| c.destination_port).collect();
         assert_eq!(ports, [Some(8080), Some(9090)]);
+        assert!(l.chains.iter().all(|c| c.tls && c.authz.is_empty()));
         let RouteSource::Inline(r) = &l.chains[0].routes else {
             panic!("inline expected")
         };

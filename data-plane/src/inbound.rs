@@ -1,28 +1,46 @@
 //! The inbound listener: mesh -> app.
 //!
 //! Remote sidecars say which app port they want in `mesh-target-port`; plain
-//! clients may omit it when the workload serves a single port. The mesh hop headers
-//! are removed before the request reaches the app.
+//! clients may omit it when the workload serves a single port. The port's filter
+//! chain for the connection's transport (mutual TLS or plaintext) supplies the
+//! authorization, evaluated against the caller's verified SPIFFE ID before
+//! anything reaches the app; a denial is a 403 naming the policy. The mesh hop
+//! headers and any incoming `x-forwarded-client-cert` are removed before the
+//! request reaches the app (and XFCC is set from the verified identities when
+//! `--forward-client-cert` is on).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::authz::{Attributes, Authz, Verdict};
 use crate::headers::{
     DESTINATION_SERVICE, SOURCE_NAMESPACE, SOURCE_WORKLOAD, TARGET_PORT, label_value, strip_mesh,
 };
-use crate::metrics::{Reporter, RequestLabels};
+use crate::metrics::{DeniedLabels, MUTUAL_TLS, Reporter, RequestLabels, UNKNOWN};
 use crate::routing::{ClusterRt, EndpointRt};
+use crate::server::ConnInfo;
 use crate::state::ProxyState;
+
+/// The header that tells the app who called (Envoy's format).
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Where a request goes and what it must pass first.
+struct Chosen {
+    cluster: Arc<ClusterRt>,
+    endpoint: Arc<EndpointRt>,
+    authz: Arc<Authz>,
+}
 use crate::upstream::{ProxyBody, local_response};
 
 fn choose(
     state: &ProxyState,
     req: &Request<Incoming>,
-) -> Result<(Arc<ClusterRt>, Arc<EndpointRt>), (StatusCode, String)> {
+    conn: &ConnInfo,
+) -> Result<Chosen, (StatusCode, String)> {
     let cfg = state.config.load();
     let Some(table) = cfg.inbound.as_ref() else {
         return Err((
@@ -78,7 +96,28 @@ fn choose(
             }
         },
     };
-    let target = &table.ports[&port];
+    let entry = &table.ports[&port];
+    let authz = if conn.mtls {
+        entry.tls.clone()
+    } else if state.tls.enabled() {
+        entry.plaintext.clone()
+    } else {
+        // Dev mode serves plaintext even on mTLS-only chains (see `server`); their
+        // policies still apply, to a caller without a principal.
+        entry.plaintext.clone().or_else(|| entry.tls.clone())
+    };
+    let Some(authz) = authz else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "mesh-proxy: port {port} of workload {}.{} only accepts {}\n",
+                state.me.workload,
+                state.me.namespace,
+                if conn.mtls { "plaintext" } else { "mutual TLS" }
+            ),
+        ));
+    };
+    let target = &entry.target;
     let Some(cluster) = target.cluster.clone() else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -89,7 +128,11 @@ fn choose(
         ));
     };
     match cluster.pick().cloned() {
-        Some(ep) => Ok((cluster, ep)),
+        Some(endpoint) => Ok(Chosen {
+            cluster,
+            endpoint,
+            authz,
+        }),
         None => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             format!("mesh-proxy: cluster {} has no endpoints", cluster.name),
@@ -97,53 +140,134 @@ fn choose(
     }
 }
 
+/// Evaluates `authz` for `req`; `Some(response)` when denied.
+fn authorize(
+    state: &ProxyState,
+    authz: &Authz,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Option<Response<ProxyBody>> {
+    if authz.is_empty() {
+        return None;
+    }
+    let attrs = Attributes {
+        principal: conn.principal.as_deref(),
+        path: req.uri().path(),
+        method: req.method().as_str(),
+    };
+    let Verdict::Deny { reason, policy } = authz.evaluate(&attrs) else {
+        return None;
+    };
+    state
+        .metrics
+        .authz_denied
+        .get_or_create(&DeniedLabels {
+            destination_workload: state.me.workload.clone(),
+            destination_namespace: state.me.namespace.clone(),
+            reason: reason.as_str(),
+        })
+        .inc();
+    let caller = conn
+        .principal
+        .as_deref()
+        .unwrap_or("an unauthenticated caller");
+    let body = match &policy {
+        Some(p) => format!("mesh-proxy: RBAC: access denied by policy {p} ({caller})\n"),
+        None => format!("mesh-proxy: RBAC: access denied: no ALLOW policy matches {caller}\n"),
+    };
+    tracing::debug!(
+        peer = %conn.peer,
+        principal = caller,
+        method = %req.method(),
+        path = req.uri().path(),
+        reason = reason.as_str(),
+        policy = policy.as_deref().unwrap_or("-"),
+        "request denied by authorization policy"
+    );
+    Some(local_response(StatusCode::FORBIDDEN, body))
+}
+
+/// Sets (or removes) `x-forwarded-client-cert` for the app.
+fn forward_client_cert(state: &ProxyState, headers: &mut http::HeaderMap, conn: &ConnInfo) {
+    headers.remove(XFCC);
+    if !state.forward_client_cert {
+        return;
+    }
+    let (Some(peer), Some(me)) = (conn.principal.as_deref(), state.tls.configs()) else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("By={};URI={peer}", me.spiffe_id)) {
+        headers.insert(XFCC, v);
+    }
+}
+
 /// Handles one inbound request.
-pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    state: Arc<ProxyState>,
+    mut req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let headers = req.headers();
     let labels = RequestLabels {
         source_workload: label_value(headers, &SOURCE_WORKLOAD),
         source_namespace: label_value(headers, &SOURCE_NAMESPACE),
+        source_principal: conn.principal.as_deref().unwrap_or(UNKNOWN).to_string(),
         destination_service: label_value(headers, &DESTINATION_SERVICE),
         destination_workload: state.me.workload.clone(),
         destination_namespace: state.me.namespace.clone(),
+        destination_principal: state
+            .tls
+            .configs()
+            .map_or_else(|| UNKNOWN.to_string(), |c| c.spiffe_id.to_string()),
+        connection_security_policy: if conn.mtls { MUTUAL_TLS } else { "none" },
         ..RequestLabels::unknown(Reporter::Destination)
     };
-    let resp = match choose(&state, &req) {
+    let resp = match choose(&state, &req, &conn) {
         Err((status, msg)) => {
             tracing::debug!(%status, "{msg}");
-            local_response(status, format!("{msg}\n"))
+            local_response(status, format!("{}\n", msg.trim_end()))
         }
-        Ok((cluster, ep)) => {
-            let authority = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-                .or_else(|| req.uri().authority().map(|a| a.to_string()))
-                .unwrap_or_else(|| ep.spec.address.to_string());
-            strip_mesh(req.headers_mut());
-            match state
-                .upstreams
-                .send(
-                    ep.spec.address,
-                    cluster.http2,
-                    cluster.connect_timeout,
-                    &authority,
-                    req,
-                )
-                .await
-            {
-                Ok(resp) => resp.map(http_body_util::Either::Left),
-                Err(e) => {
-                    tracing::debug!(cluster = %cluster.name, "app error: {e}");
-                    local_response(
-                        e.status(),
-                        format!("mesh-proxy: cannot reach the app ({}): {e}\n", cluster.name),
+        Ok(chosen) => match authorize(&state, &chosen.authz, &req, &conn) {
+            Some(denied) => denied,
+            None => {
+                let Chosen {
+                    cluster,
+                    endpoint: ep,
+                    ..
+                } = chosen;
+                let authority = req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                    .unwrap_or_else(|| ep.spec.address.to_string());
+                strip_mesh(req.headers_mut());
+                forward_client_cert(&state, req.headers_mut(), &conn);
+                match state
+                    .upstreams
+                    .send(
+                        ep.spec.address,
+                        cluster.http2,
+                        None,
+                        cluster.connect_timeout,
+                        &authority,
+                        req,
                     )
+                    .await
+                {
+                    Ok(resp) => resp.map(http_body_util::Either::Left),
+                    Err(e) => {
+                        tracing::debug!(cluster = %cluster.name, "app error: {e}");
+                        local_response(
+                            e.status(),
+                            format!("mesh-proxy: cannot reach the app ({}): {e}\n", cluster.name),
+                        )
+                    }
                 }
             }
-        }
+        },
     };
     state.metrics.record(
         &RequestLabels {

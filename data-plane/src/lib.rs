@@ -3,13 +3,26 @@
 //! Three listeners (outbound 15001, inbound 15006, admin 15000) bind first, then the
 //! xDS client fills in the routing tables in the background; requests read the
 //! current tables through an `ArcSwap` without locks.
+//!
+//! With a join token (`--token`/`--token-file`) the sidecar first gets a SPIFFE
+//! certificate from the controller ([`identity`]), keeps it rotated, and carries
+//! every hop to another sidecar over mutual TLS ([`tls`], [`upstream`],
+//! [`server`]) with the inbound side enforcing RBAC ([`authz`]). Without a token it
+//! runs in plaintext dev mode.
+//!
+//! Layout: [`config`] flags; [`xds_client`] the ADS stream, [`store`] the last good
+//! resources, [`decode`] xDS -> own types, [`routing`] the tables built from them;
+//! [`outbound`], [`inbound`], [`admin`] the three listeners on [`server`]'s accept
+//! loop; [`upstream`] pooled connections; [`metrics`]; [`state`] what they share.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod balancer;
 pub mod config;
 pub mod decode;
 pub mod headers;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
@@ -17,6 +30,7 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 pub mod xds_client;
 
@@ -30,9 +44,12 @@ use tokio::task::JoinSet;
 
 pub use config::{ProxyArgs, XdsProtocol};
 
+use crate::identity::{Certifier, Controller, GrpcCertifier, IdentityManager, TokenSource};
 use crate::metrics::Reporter;
 use crate::routing::LocalIdentity;
+use crate::server::Transport;
 use crate::state::ProxyState;
+use crate::tls::TlsState;
 
 /// A started sidecar: its bound addresses and a handle to stop it.
 ///
@@ -48,6 +65,7 @@ pub struct Proxy {
     state: Arc<ProxyState>,
     listeners: JoinSet<()>,
     xds: tokio::task::JoinHandle<()>,
+    identity: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -72,6 +90,9 @@ impl Proxy {
             }
         }
         self.xds.abort();
+        if let Some(identity) = &self.identity {
+            identity.abort();
+        }
         tracing::info!("mesh-proxy stopped");
         Ok(())
     }
@@ -83,8 +104,54 @@ async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot bind the {what} listener on {addr}"))
 }
 
-/// Binds the listeners and starts serving; xDS runs in the background.
+/// Binds the listeners and starts serving; xDS (and, with a token, certificate
+/// issuance and rotation) run in the background.
 pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
+    start_with(args, None).await
+}
+
+/// Reads the `--trust-anchors` PEM file.
+fn read_anchors(args: &ProxyArgs) -> anyhow::Result<Option<Vec<Vec<u8>>>> {
+    let Some(path) = &args.trust_anchors else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --trust-anchors {}", path.display()))?;
+    let anchors = mesh_identity::tls::anchors_from_pem(&pem)
+        .with_context(|| format!("--trust-anchors {}", path.display()))?;
+    Ok(Some(anchors))
+}
+
+/// [`start`], with the certificate signer replaced (tests use an in-process CA);
+/// `None` uses the controller's `Certify`.
+pub async fn start_with(
+    args: ProxyArgs,
+    certifier: Option<Arc<dyn Certifier>>,
+) -> anyhow::Result<Proxy> {
+    let anchors = read_anchors(&args)?;
+    if args.identity_enabled() && anchors.is_none() {
+        anyhow::bail!(
+            "a join token needs --trust-anchors: the issued certificate and the controller \
+             are checked against the mesh roots"
+        );
+    }
+    let trust_domain = args
+        .trust_domain
+        .clone()
+        .or_else(|| {
+            anchors
+                .as_deref()
+                .and_then(identity::trust_domain_of_anchors)
+        })
+        .unwrap_or_else(|| "cluster.local".to_string());
+    let tls = Arc::new(TlsState::new(args.identity_enabled(), anchors));
+    let controller = Controller::new(&args.xds_addr, tls.clone(), &trust_domain)?;
+    if args.identity_enabled() && !controller.secure() {
+        tracing::warn!(
+            xds = %args.xds_addr,
+            "the token and certificate travel in plaintext to an http:// controller; use https:// outside loopback development"
+        );
+    }
     let outbound = bind("outbound", args.outbound()).await?;
     let inbound = bind("inbound", args.inbound()).await?;
     let admin = bind("admin", args.admin()).await?;
@@ -92,10 +159,15 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
     let inbound_addr = inbound.local_addr()?;
     let admin_addr = admin.local_addr()?;
 
-    let state = Arc::new(ProxyState::new(LocalIdentity {
-        workload: args.workload.clone(),
-        namespace: args.namespace.clone(),
-    }));
+    let state = Arc::new(ProxyState::with_tls(
+        LocalIdentity {
+            workload: args.workload.clone(),
+            namespace: args.namespace.clone(),
+            ..Default::default()
+        },
+        tls.clone(),
+        args.forward_client_cert,
+    ));
     let grace = Duration::from_secs(args.drain_seconds);
     let mut listeners = JoinSet::new();
     let s = state.clone();
@@ -105,6 +177,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         s.clone(),
         Some(Reporter::Source),
         grace,
+        Transport::Plain,
         move |req, _| outbound::handle(s.clone(), req),
     ));
     let s = state.clone();
@@ -114,7 +187,8 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         s.clone(),
         Some(Reporter::Destination),
         grace,
-        move |req, _| inbound::handle(s.clone(), req),
+        Transport::Inbound,
+        move |req, conn| inbound::handle(s.clone(), req, conn),
     ));
     let s = state.clone();
     listeners.spawn(server::serve(
@@ -123,7 +197,8 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         s.clone(),
         None,
         grace,
-        move |req, peer| admin::handle(s.clone(), req, peer),
+        Transport::Plain,
+        move |req, conn| admin::handle(s.clone(), req, conn.peer),
     ));
 
     let node = mesh_xds::ProxyNode {
@@ -133,7 +208,26 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         admin_address: Some(admin_addr.to_string()),
     }
     .to_node();
-    let client = xds_client::XdsClient::new(state.clone(), &args.xds_addr, args.xds_protocol, node);
+    let identity = if args.identity_enabled() {
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) => TokenSource::Inline(t.clone()),
+            (None, Some(p)) => TokenSource::File(p.clone()),
+            (None, None) => unreachable!("identity_enabled checks one is set"),
+        };
+        let manager = IdentityManager {
+            tls: tls.clone(),
+            certifier: certifier
+                .unwrap_or_else(|| Arc::new(GrpcCertifier::new(controller.clone()))),
+            token,
+            namespace: args.namespace.clone(),
+            trust_domain: trust_domain.clone(),
+            cert_expiry: state.metrics.cert_expiry.clone(),
+        };
+        Some(tokio::spawn(manager.run(state.shutdown.subscribe())))
+    } else {
+        None
+    };
+    let client = xds_client::XdsClient::new(state.clone(), controller, args.xds_protocol, node);
     let xds = tokio::spawn(client.run(state.shutdown.subscribe()));
     tracing::info!(
         outbound = %outbound_addr,
@@ -141,6 +235,8 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         admin = %admin_addr,
         xds = %args.xds_addr,
         node = %args.node_id(),
+        identity = args.identity_enabled(),
+        %trust_domain,
         "mesh-proxy listening"
     );
     Ok(Proxy {
@@ -150,6 +246,7 @@ pub async fn start(args: ProxyArgs) -> anyhow::Result<Proxy> {
         state,
         listeners,
         xds,
+        identity,
     })
 }
 

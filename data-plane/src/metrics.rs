@@ -50,17 +50,21 @@ pub struct RequestLabels {
     pub source_workload: String,
     /// Calling workload's namespace.
     pub source_namespace: String,
+    /// Caller's SPIFFE ID, as verified by mutual TLS (`unknown` without it).
+    pub source_principal: String,
     /// Called service FQDN (no port).
     pub destination_service: String,
     /// Called workload.
     pub destination_workload: String,
     /// Called workload's namespace.
     pub destination_namespace: String,
+    /// Callee's SPIFFE ID, as verified by mutual TLS (`unknown` without it).
+    pub destination_principal: String,
     /// HTTP status returned downstream.
     pub response_code: u16,
     /// Always `http` for now.
     pub request_protocol: &'static str,
-    /// `none` until mutual TLS lands.
+    /// `mutual_tls` when the hop between sidecars was mutual TLS, else `none`.
     pub connection_security_policy: &'static str,
 }
 
@@ -71,14 +75,30 @@ impl RequestLabels {
             reporter: reporter.as_str(),
             source_workload: UNKNOWN.into(),
             source_namespace: UNKNOWN.into(),
+            source_principal: UNKNOWN.into(),
             destination_service: UNKNOWN.into(),
             destination_workload: UNKNOWN.into(),
             destination_namespace: UNKNOWN.into(),
+            destination_principal: UNKNOWN.into(),
             response_code: 0,
             request_protocol: "http",
             connection_security_policy: "none",
         }
     }
+}
+
+/// `connection_security_policy` of a mutual-TLS hop.
+pub const MUTUAL_TLS: &str = "mutual_tls";
+
+/// Labels of `mesh_authorization_denied_total`: few values each, on purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// This workload.
+    pub destination_workload: String,
+    /// This workload's namespace.
+    pub destination_namespace: String,
+    /// `deny_policy` or `no_allow_policy`.
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -100,6 +120,17 @@ pub struct Metrics {
     closed: Family<ReporterLabels, Counter>,
     /// `mesh_proxy_xds_connected`: 1 while an ADS stream is up.
     pub xds_connected: Gauge,
+    /// `mesh_proxy_cert_expiry_timestamp_seconds`: when the workload certificate
+    /// expires (0 without one).
+    pub cert_expiry: Gauge,
+    /// `mesh_authorization_denied_total`.
+    pub authz_denied: Family<DeniedLabels, Counter>,
+    /// `mesh_inbound_plaintext_refused_total`: plaintext connections closed because
+    /// the inbound listener only takes mutual TLS (STRICT).
+    pub plaintext_refused: Counter,
+    /// `mesh_inbound_tls_handshake_failures_total`: inbound TLS handshakes that
+    /// failed (no or untrusted client certificate, timeouts).
+    pub tls_handshake_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -119,6 +150,30 @@ impl Metrics {
         let opened = Family::<ReporterLabels, Counter>::default();
         let closed = Family::<ReporterLabels, Counter>::default();
         let xds_connected = Gauge::default();
+        let cert_expiry = Gauge::default();
+        let authz_denied = Family::<DeniedLabels, Counter>::default();
+        let plaintext_refused = Counter::default();
+        let tls_handshake_failures = Counter::default();
+        registry.register(
+            "mesh_proxy_cert_expiry_timestamp_seconds",
+            "Expiry of the workload certificate, Unix seconds",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "mesh_authorization_denied",
+            "Inbound requests denied by authorization policy",
+            authz_denied.clone(),
+        );
+        registry.register(
+            "mesh_inbound_plaintext_refused",
+            "Inbound plaintext connections refused (mutual TLS required)",
+            plaintext_refused.clone(),
+        );
+        registry.register(
+            "mesh_inbound_tls_handshake_failures",
+            "Inbound TLS handshakes that failed",
+            tls_handshake_failures.clone(),
+        );
         registry.register("mesh_requests", "Requests handled", requests.clone());
         registry.register(
             "mesh_request_duration_seconds",
@@ -147,6 +202,10 @@ impl Metrics {
             opened,
             closed,
             xds_connected,
+            cert_expiry,
+            authz_denied,
+            plaintext_refused,
+            tls_handshake_failures,
         }
     }
 
@@ -259,7 +318,7 @@ mod tests {
         m.connection_opened(Reporter::Destination);
         m.xds_connected.set(1);
         let text = m.encode();
-        assert!(text.contains("mesh_requests_total{reporter=\"source\",source_workload=\"unknown\",source_namespace=\"unknown\",destination_service=\"cat.shop.svc.cluster.local\",destination_workload=\"unknown\",destination_namespace=\"unknown\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"none\"} 2"), "{text}");
+        assert!(text.contains("mesh_requests_total{reporter=\"source\",source_workload=\"unknown\",source_namespace=\"unknown\",source_principal=\"unknown\",destination_service=\"cat.shop.svc.cluster.local\",destination_workload=\"unknown\",destination_namespace=\"unknown\",destination_principal=\"unknown\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"none\"} 2"), "{text}");
         assert!(text.contains("response_code=\"503\""));
         assert!(text.contains("mesh_request_duration_seconds_bucket{"));
         assert!(text.contains("le=\"0.0025\""));

@@ -2,8 +2,9 @@
 //!
 //! Requests are routed by the absolute URI's authority (explicit proxy use) or the
 //! `Host`/`:authority` header, to a cluster, to an endpoint picked round robin.
-//! Endpoints with a sidecar are reached over h2c at the sidecar's inbound port with
-//! the mesh hop headers; others directly.
+//! Endpoints with a sidecar are reached at the sidecar's inbound port with the mesh
+//! hop headers, over mutual TLS with the endpoint's SPIFFE ID checked when this
+//! proxy has an identity (over h2c in dev mode); others directly.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use crate::headers::{
 use crate::metrics::{Reporter, RequestLabels};
 use crate::routing::{ClusterRt, EndpointRt};
 use crate::state::ProxyState;
-use crate::upstream::{ProxyBody, local_response};
+use crate::upstream::{Mtls, ProxyBody, UpstreamError, local_response};
 
 /// The host a request is for, lowercased: the URI authority when the request is in
 /// absolute form (or HTTP/2), else the `Host` header. User info is dropped.
@@ -146,8 +147,36 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             })
             .unwrap_or_else(|| host.clone()),
     };
+    let mut mtls = None;
     let (addr, http2) = match ep.spec.sidecar_port {
         Some(_) => {
+            if state.tls.enabled() {
+                let refuse = |msg: String| {
+                    tracing::warn!(cluster = %cluster.name, endpoint = %ep.connect_addr, "{msg}");
+                    ep.stats.record(
+                        &state.metrics,
+                        StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                        start.elapsed().as_secs_f64(),
+                    );
+                    reject(msg, StatusCode::SERVICE_UNAVAILABLE)
+                };
+                let Some(configs) = state.tls.configs() else {
+                    return refuse(
+                        "mesh-proxy: no workload certificate yet; cannot call other sidecars"
+                            .into(),
+                    );
+                };
+                let Some(expected) = ep.spec.identity.as_deref() else {
+                    return refuse(format!(
+                        "mesh-proxy: endpoint {} of service {} has no identity; refusing to call it without one",
+                        ep.spec.address, cluster.name
+                    ));
+                };
+                mtls = Some(Mtls {
+                    config: configs.client.clone(),
+                    expected: expected.into(),
+                });
+            }
             let headers = req.headers_mut();
             strip_mesh(headers);
             headers.insert(TARGET_PORT, HeaderValue::from(ep.spec.address.port()));
@@ -169,10 +198,37 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
     };
     let result = state
         .upstreams
-        .send(addr, http2, cluster.connect_timeout, &authority, req)
+        .send(
+            addr,
+            http2,
+            mtls.as_ref(),
+            cluster.connect_timeout,
+            &authority,
+            req,
+        )
         .await;
     let resp = match result {
         Ok(resp) => resp.map(http_body_util::Either::Left),
+        Err(UpstreamError::IdentityMismatch {
+            addr,
+            expected,
+            actual,
+        }) => {
+            tracing::warn!(
+                cluster = %cluster.name,
+                %addr,
+                %expected,
+                %actual,
+                "peer identity mismatch; request not sent"
+            );
+            local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "mesh-proxy: identity mismatch for service {} at {addr}: expected {expected}, peer is {actual}\n",
+                    cluster.name
+                ),
+            )
+        }
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, %addr, "upstream error: {e}");
             let status = e.status();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mesh_xds::names;
 
+use crate::authz::Authz;
 use crate::balancer::RoundRobin;
 use crate::decode::{
     ClusterSpec, Direction, Discovery, EndpointSpec, ListenerSpec, LoadAssignment, PathMatch,
@@ -21,12 +22,16 @@ use crate::metrics::{Reporter, RequestLabels, StatsCache, UNKNOWN};
 use crate::store::Store;
 
 /// Who this proxy is; part of every outbound metric label set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalIdentity {
     /// Own workload name.
     pub workload: String,
     /// Own namespace.
     pub namespace: String,
+    /// Own SPIFFE ID once a certificate is held.
+    pub principal: Option<String>,
+    /// Whether hops to other sidecars are mutual TLS (the proxy has an identity).
+    pub mtls: bool,
 }
 
 /// One endpoint with its cached outbound metric handles.
@@ -159,11 +164,27 @@ impl RouteTable {
     }
 }
 
+/// One app port on the inbound side: where it goes and who may call it.
+#[derive(Debug, Clone)]
+pub struct InboundPort {
+    /// The inbound cluster.
+    pub target: Target,
+    /// Authorization for mutual-TLS callers (`None`: no TLS chain for this port).
+    pub tls: Option<Arc<Authz>>,
+    /// Authorization for plaintext callers (`None`: plaintext not accepted).
+    pub plaintext: Option<Arc<Authz>>,
+}
+
 /// The inbound listener's ports and their clusters.
 #[derive(Debug, Default)]
 pub struct InboundTable {
-    /// App port -> inbound cluster.
-    pub ports: BTreeMap<u16, Target>,
+    /// App port -> inbound cluster and authorization.
+    pub ports: BTreeMap<u16, InboundPort>,
+    /// Whether some chain takes plaintext (PERMISSIVE, or a listener from before
+    /// mutual TLS).
+    pub accepts_plaintext: bool,
+    /// Whether some chain takes mutual TLS.
+    pub accepts_tls: bool,
 }
 
 impl InboundTable {
@@ -240,7 +261,9 @@ impl ProxyConfig {
         });
 
         let inbound = pick_listener(store, names::INBOUND, Direction::Inbound).map(|l| {
-            let mut ports = BTreeMap::new();
+            let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
+            let accepts_plaintext = l.chains.iter().any(|c| !c.tls);
+            let accepts_tls = l.chains.iter().any(|c| c.tls);
             for chain in &l.chains {
                 let Some(port) = chain.destination_port else {
                     continue;
@@ -254,12 +277,26 @@ impl ProxyConfig {
                     RouteSource::Rds(_) => None,
                 };
                 let name = inline.unwrap_or_else(|| names::inbound_cluster(port));
-                ports.entry(port).or_insert_with(|| Target {
-                    cluster: clusters.get(&name).cloned(),
-                    cluster_name: name.into(),
+                let entry = ports.entry(port).or_insert_with(|| InboundPort {
+                    target: Target {
+                        cluster: clusters.get(&name).cloned(),
+                        cluster_name: name.into(),
+                    },
+                    tls: None,
+                    plaintext: None,
                 });
+                let slot = if chain.tls {
+                    &mut entry.tls
+                } else {
+                    &mut entry.plaintext
+                };
+                slot.get_or_insert_with(|| chain.authz.clone());
             }
-            InboundTable { ports }
+            InboundTable {
+                ports,
+                accepts_plaintext,
+                accepts_tls,
+            }
         });
 
         ProxyConfig {
@@ -280,6 +317,7 @@ fn cluster_rt(
     let base = RequestLabels {
         source_workload: me.workload.clone(),
         source_namespace: me.namespace.clone(),
+        source_principal: me.principal.clone().unwrap_or_else(|| UNKNOWN.to_string()),
         destination_service: service.to_string(),
         ..RequestLabels::unknown(Reporter::Source)
     };
@@ -300,6 +338,18 @@ fn cluster_rt(
                 stats: StatsCache::new(RequestLabels {
                     destination_workload: label(&ep.workload),
                     destination_namespace: label(&ep.namespace),
+                    // A mutual-TLS hop proves the callee's identity before any
+                    // request is sent, so the label is the verified one.
+                    destination_principal: if me.mtls && ep.sidecar_port.is_some() {
+                        label(&ep.identity)
+                    } else {
+                        UNKNOWN.to_string()
+                    },
+                    connection_security_policy: if me.mtls && ep.sidecar_port.is_some() {
+                        crate::metrics::MUTUAL_TLS
+                    } else {
+                        "none"
+                    },
                     ..base.clone()
                 }),
                 spec: ep.clone(),
@@ -331,6 +381,7 @@ pub(crate) mod tests {
         LocalIdentity {
             workload: "web-1".into(),
             namespace: "default".into(),
+            ..Default::default()
         }
     }
 
@@ -372,7 +423,11 @@ pub(crate) mod tests {
             .unwrap();
         let listeners = [
             pack(&resources::outbound_listener()),
-            pack(&resources::inbound_listener(&[9090])),
+            pack(&resources::inbound_listener(
+                &[9090],
+                mesh_model::MtlsMode::Permissive,
+                &[],
+            )),
         ];
         s.apply_sotw(ResourceType::Listener, "1", "c", &listeners, None)
             .unwrap();
@@ -462,8 +517,10 @@ pub(crate) mod tests {
         let web = out.find("web", "/").unwrap().cluster.clone().unwrap();
         assert!(web.pick().is_none());
         let inbound = cfg.inbound.as_ref().unwrap();
-        let t = inbound.ports.get(&9090).unwrap();
-        let c = t.cluster.as_ref().unwrap();
+        assert!(inbound.accepts_plaintext && inbound.accepts_tls);
+        let p = inbound.ports.get(&9090).unwrap();
+        assert!(p.tls.is_some() && p.plaintext.is_some());
+        let c = p.target.cluster.as_ref().unwrap();
         assert!(c.http2);
         assert_eq!(
             c.endpoints[0].spec.address,

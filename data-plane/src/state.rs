@@ -1,12 +1,14 @@
 //! What every part of the running proxy shares.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::routing::{LocalIdentity, ProxyConfig};
+use crate::tls::TlsState;
 use crate::upstream::Upstreams;
 
 /// Shared state: the published config (read lock-free per request), metrics,
@@ -26,12 +28,27 @@ pub struct ProxyState {
     pub upstreams: Upstreams,
     /// Flipped to `true` to start a graceful shutdown.
     pub shutdown: watch::Sender<bool>,
+    /// Certificate, trust bundle and the TLS configurations built from them.
+    pub tls: Arc<TlsState>,
+    /// Whether to send `x-forwarded-client-cert` to the app.
+    pub forward_client_cert: bool,
 }
 
 impl ProxyState {
-    /// Fresh state for `me`, with an empty config.
+    /// Fresh state for `me`, with an empty config, in dev mode (no identity).
     pub fn new(me: LocalIdentity) -> ProxyState {
+        ProxyState::with_tls(me, Arc::new(TlsState::new(false, None)), false)
+    }
+
+    /// Fresh state for `me` with the given TLS state.
+    pub fn with_tls(
+        me: LocalIdentity,
+        tls: Arc<TlsState>,
+        forward_client_cert: bool,
+    ) -> ProxyState {
         ProxyState {
+            tls,
+            forward_client_cert,
             config: ArcSwap::from_pointee(ProxyConfig::default()),
             metrics: Metrics::new(),
             me,
@@ -39,6 +56,12 @@ impl ProxyState {
             upstreams: Upstreams::new(),
             shutdown: watch::channel(false).0,
         }
+    }
+
+    /// Whether `/ready` may say 200: config complete and, with an identity, a
+    /// certificate held.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.tls.ready()
     }
 
     /// Starts a graceful shutdown.

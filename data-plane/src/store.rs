@@ -17,8 +17,9 @@ use serde::Serialize;
 
 use crate::decode::{
     ClusterSpec, DecodeError, Decoded, Discovery, ListenerSpec, LoadAssignment, RouteSource,
-    RouteSpec, decode,
+    RouteSpec, SecretSpec, decode,
 };
+use mesh_xds::names;
 
 /// One stored resource with the version it arrived with.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,8 +49,8 @@ type Map = Arc<BTreeMap<String, Entry>>;
 /// Every resource the proxy holds, by type.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
-    maps: [Map; 4],
-    status: [TypeStatus; 4],
+    maps: [Map; 5],
+    status: [TypeStatus; 5],
 }
 
 fn idx(ty: ResourceType) -> usize {
@@ -58,6 +59,7 @@ fn idx(ty: ResourceType) -> usize {
         ResourceType::Endpoint => 1,
         ResourceType::Listener => 2,
         ResourceType::Route => 3,
+        ResourceType::Secret => 4,
     }
 }
 
@@ -134,7 +136,20 @@ impl Store {
         match ty {
             ResourceType::Route => Some(self.route_names()),
             ResourceType::Endpoint => Some(self.eds_names()),
+            ResourceType::Secret => Some(BTreeSet::from([names::TRUST_BUNDLE.to_string()])),
             ResourceType::Listener | ResourceType::Cluster => None,
+        }
+    }
+
+    /// The trust bundle received over SDS, if any.
+    pub fn trust_bundle(&self) -> Option<&Arc<SecretSpec>> {
+        match &self
+            .map(ResourceType::Secret)
+            .get(names::TRUST_BUNDLE)?
+            .resource
+        {
+            Decoded::Secret(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -306,6 +321,7 @@ impl Store {
                         Decoded::Route(r) => serde_json::to_value(&**r),
                         Decoded::Cluster(c) => serde_json::to_value(&**c),
                         Decoded::Endpoint(a) => serde_json::to_value(&**a),
+                        Decoded::Secret(s) => serde_json::to_value(&**s),
                     }
                     .unwrap_or(serde_json::Value::Null);
                     serde_json::to_value(Versioned {
@@ -329,6 +345,7 @@ impl Store {
             "routes": one(ResourceType::Route),
             "clusters": one(ResourceType::Cluster),
             "endpoints": one(ResourceType::Endpoint),
+            "sds": one(ResourceType::Secret),
         })
     }
 }
@@ -355,7 +372,11 @@ mod tests {
         let mut s = Store::default();
         let l = [
             pack(&resources::outbound_listener()),
-            pack(&resources::inbound_listener(&[80])),
+            pack(&resources::inbound_listener(
+                &[80],
+                mesh_model::MtlsMode::Strict,
+                &[],
+            )),
         ];
         s.apply_sotw(ResourceType::Listener, "1", "n1", &l, None)
             .unwrap();

@@ -2,9 +2,13 @@
 //!
 //! HTTP/1.1 goes through hyper-util's pooling client, keyed by the endpoint address
 //! (the request URI names the endpoint; the original `Host` header is kept).
-//! HTTP/2 (h2c prior knowledge: to remote sidecars and to HTTP/2 apps) uses one
-//! multiplexed connection per address from [`H2Pool`], so the `:authority` stays the
-//! one the app asked for instead of the endpoint's IP.
+//! HTTP/2 (to remote sidecars, and h2c prior knowledge to HTTP/2 apps) uses one
+//! multiplexed connection per (address, expected identity) from [`H2Pool`], so the
+//! `:authority` stays the one the app asked for instead of the endpoint's IP.
+//!
+//! To another sidecar the connection is mutual TLS 1.3 ([`Mtls`]): after the
+//! handshake the server's SPIFFE ID must equal the identity EDS says the endpoint
+//! has, else no request is sent on it and the caller answers 503 naming both.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,7 +24,9 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::headers::strip_hop_by_hop;
 
@@ -53,6 +59,19 @@ pub enum UpstreamError {
     /// The request could not be formed (bad authority, bad path).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The peer proved an identity other than the one the endpoint should have.
+    #[error("identity mismatch at {addr}: expected {expected}, peer is {actual}")]
+    IdentityMismatch {
+        /// Where.
+        addr: SocketAddr,
+        /// The endpoint's identity from EDS.
+        expected: String,
+        /// What its certificate says.
+        actual: String,
+    },
+    /// Mutual TLS is required but not possible (no certificate yet, no identity).
+    #[error("{0}")]
+    NoTls(String),
     /// The connection was made but the exchange failed.
     #[error("request to {addr} failed: {reason}")]
     Exchange {
@@ -68,7 +87,9 @@ impl UpstreamError {
     /// be reached, 400 for a request that cannot be forwarded, else 502.
     pub fn status(&self) -> StatusCode {
         match self {
-            UpstreamError::Connect { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Connect { .. }
+            | UpstreamError::IdentityMismatch { .. }
+            | UpstreamError::NoTls(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Invalid(_) => StatusCode::BAD_REQUEST,
             UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -93,10 +114,23 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// One HTTP/2 connection per address, shared by all requests to it.
+/// Mutual TLS to another sidecar.
+#[derive(Debug, Clone)]
+pub struct Mtls {
+    /// Our client configuration (certificate + trust bundle).
+    pub config: Arc<ClientConfig>,
+    /// The SPIFFE ID the server must prove.
+    pub expected: Arc<str>,
+}
+
+/// Pool key: the address and, for mutual TLS, the identity it must have.
+type PoolKey = (SocketAddr, Option<Arc<str>>);
+
+/// One HTTP/2 connection per (address, expected identity), shared by all
+/// requests to it.
 #[derive(Debug, Default)]
 pub struct H2Pool {
-    conns: Mutex<HashMap<SocketAddr, Slot>>,
+    conns: Mutex<HashMap<PoolKey, Slot>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -107,31 +141,31 @@ struct Slot {
 }
 
 impl H2Pool {
-    fn cached(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<SendRequest<Incoming>, Arc<tokio::sync::Mutex<()>>> {
+    fn cached(&self, key: &PoolKey) -> Result<SendRequest<Incoming>, Arc<tokio::sync::Mutex<()>>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = conns.entry(addr).or_default();
+        let slot = conns.entry(key.clone()).or_default();
         match &slot.sender {
             Some(s) if !s.is_closed() => Ok(s.clone()),
             _ => Err(slot.connecting.clone()),
         }
     }
 
-    /// A sender on a live connection to `addr`, connecting if needed.
+    /// A sender on a live connection to `addr` (mutual TLS when `mtls` is
+    /// given), connecting if needed.
     pub async fn get(
         &self,
         addr: SocketAddr,
+        mtls: Option<&Mtls>,
         timeout: Duration,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let lock = match self.cached(addr) {
+        let key: PoolKey = (addr, mtls.map(|m| m.expected.clone()));
+        let lock = match self.cached(&key) {
             Ok(s) => return Ok(s),
             Err(lock) => lock,
         };
         let _guard = lock.lock().await;
         // Someone else may have connected while we waited.
-        if let Ok(s) = self.cached(addr) {
+        if let Ok(s) = self.cached(&key) {
             return Ok(s);
         }
         let connect_err = |reason: String| UpstreamError::Connect { addr, reason };
@@ -140,28 +174,64 @@ impl H2Pool {
             .map_err(|_| connect_err(format!("timed out after {} ms", timeout.as_millis())))?
             .map_err(|e| connect_err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+        let mut h2 = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .adaptive_window(true)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_err(format!("HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, "upstream HTTP/2 connection closed: {e}");
+            .adaptive_window(true);
+        let sender = match mtls {
+            None => {
+                let (sender, conn) = h2
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| connect_err(format!("HTTP/2 handshake: {e}")))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, "upstream HTTP/2 connection closed: {e}");
+                    }
+                });
+                sender
             }
-        });
+            Some(m) => {
+                let tls = tokio::time::timeout(
+                    timeout,
+                    TlsConnector::from(m.config.clone())
+                        .connect(mesh_identity::tls::mesh_server_name(), stream),
+                )
+                .await
+                .map_err(|_| connect_err("TLS handshake timed out".into()))?
+                .map_err(|e| connect_err(format!("TLS handshake: {e}")))?;
+                let actual = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates())
+                    .map(|id| id.to_string());
+                if actual.as_deref() != Some(&*m.expected) {
+                    return Err(UpstreamError::IdentityMismatch {
+                        addr,
+                        expected: m.expected.to_string(),
+                        actual: actual.unwrap_or_else(|| "without a mesh identity".into()),
+                    });
+                }
+                let (sender, conn) = h2
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| connect_err(format!("HTTP/2 handshake: {e}")))?;
+                let expected = m.expected.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%addr, %expected, "upstream mTLS connection closed: {e}");
+                    }
+                });
+                sender
+            }
+        };
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        conns.entry(addr).or_default().sender = Some(sender.clone());
+        conns.entry(key).or_default().sender = Some(sender.clone());
         Ok(sender)
     }
 
     /// Forgets a connection that failed, so the next request reconnects.
-    fn evict(&self, addr: SocketAddr) {
+    fn evict(&self, key: &PoolKey) {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = conns.get_mut(&addr) {
+        if let Some(slot) = conns.get_mut(key) {
             slot.sender = None;
         }
     }
@@ -202,7 +272,8 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` to `addr`, keeping `authority` as the request's host.
+    /// Sends `req` to `addr`, keeping `authority` as the request's host; over
+    /// mutual TLS (always HTTP/2) when `mtls` is given.
     ///
     /// Hop-by-hop headers are removed and the URI is reduced to its path, as an
     /// origin server expects; callers add their own headers beforehand.
@@ -210,10 +281,12 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         http2: bool,
+        mtls: Option<&Mtls>,
         connect_timeout: Duration,
         authority: &str,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let http2 = http2 || mtls.is_some();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let path = parts
@@ -233,7 +306,7 @@ impl Upstreams {
                 .build()
                 .map_err(invalid)?;
             parts.version = Version::HTTP_2;
-            let mut sender = self.h2.get(addr, connect_timeout).await?;
+            let mut sender = self.h2.get(addr, mtls, connect_timeout).await?;
             let req = Request::from_parts(parts, body);
             let sent = async {
                 sender.ready().await?;
@@ -243,7 +316,7 @@ impl Upstreams {
                 Ok(resp) => resp,
                 Err(e) => {
                     if sender.is_closed() {
-                        self.h2.evict(addr);
+                        self.h2.evict(&(addr, mtls.map(|m| m.expected.clone())));
                     }
                     return Err(UpstreamError::Exchange {
                         addr,

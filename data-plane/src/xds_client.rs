@@ -3,7 +3,9 @@
 //!
 //! LDS and CDS are wildcard subscriptions; RDS follows the route names the listeners
 //! reference and EDS the EDS clusters, so the subscription grows and shrinks with the
-//! config. Every response is ACKed or NACKed; a NACKed type keeps its last good
+//! config; SDS asks by name for the trust bundle `ROOTCA`, which replaces the
+//! `--trust-anchors` file as the roots peers are verified against. With an identity
+//! the stream waits for the first certificate and then runs over mutual TLS. Every response is ACKed or NACKed; a NACKed type keeps its last good
 //! resources. On stream failure the client reconnects with jittered exponential
 //! backoff while the data plane keeps serving its last good config.
 
@@ -24,16 +26,19 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::config::XdsProtocol;
-use crate::routing::ProxyConfig;
+use crate::decode::SecretSpec;
+use crate::identity::Controller;
+use crate::routing::{LocalIdentity, ProxyConfig};
 use crate::state::ProxyState;
 use crate::store::Store;
+use crate::tls::BundleSource;
 
 /// gRPC code `INVALID_ARGUMENT`, used in NACKs.
 const INVALID_ARGUMENT: i32 = 3;
 /// Largest xDS response accepted (big meshes send large CDS/EDS responses).
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-/// Subscription order: clusters before endpoints before listeners before routes.
-const ORDER: [ResourceType; 4] = ResourceType::ALL;
+/// Subscription order: secrets, clusters, endpoints, listeners, routes.
+const ORDER: [ResourceType; 5] = ResourceType::ALL;
 
 /// Jittered exponential backoff ("full jitter"): each wait is uniform in
 /// `[0, current]`, and `current` doubles up to `max`.
@@ -71,9 +76,12 @@ impl Backoff {
 pub struct XdsClient {
     state: Arc<ProxyState>,
     addr: String,
+    controller: Controller,
     protocol: XdsProtocol,
     node: Node,
     store: Store,
+    /// The SDS bundle last handed to the TLS state.
+    applied_bundle: Option<Arc<SecretSpec>>,
 }
 
 fn nack_status(message: String) -> Option<Status> {
@@ -85,20 +93,21 @@ fn nack_status(message: String) -> Option<Status> {
 }
 
 impl XdsClient {
-    /// A client for the controller at `addr` (`http://host:port`; `host:port` is
-    /// accepted too) that announces itself as `node`.
-    pub fn new(state: Arc<ProxyState>, addr: &str, protocol: XdsProtocol, node: Node) -> Self {
-        let addr = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
+    /// A client for `controller` that announces itself as `node`.
+    pub fn new(
+        state: Arc<ProxyState>,
+        controller: Controller,
+        protocol: XdsProtocol,
+        node: Node,
+    ) -> Self {
         XdsClient {
             state,
-            addr,
+            addr: controller.display.clone(),
+            controller,
             protocol,
             node,
             store: Store::default(),
+            applied_bundle: None,
         }
     }
 
@@ -136,15 +145,13 @@ impl XdsClient {
     async fn connect(
         &self,
     ) -> anyhow::Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>> {
-        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .with_context(|| format!("bad xDS address {:?}", self.addr))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        // With an identity, ADS waits for the certificate: over TLS the controller
+        // binds the node to it, and config is useless without one anyway.
+        if self.state.tls.enabled() && self.state.tls.credentials().is_none() {
+            tracing::info!(addr = %self.addr, "waiting for the workload certificate before xDS");
+            self.state.tls.wait_for_credentials().await;
+        }
+        let channel = self.controller.channel(true).await?;
         Ok(AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
@@ -158,10 +165,44 @@ impl XdsClient {
         }
     }
 
+    /// Hands a new SDS trust bundle to the TLS state. The bundle was checked at
+    /// decode time; should it still not build, the old bundle stays and the error
+    /// is logged.
+    fn apply_bundle(&mut self) {
+        let Some(bundle) = self.store.trust_bundle().cloned() else {
+            return;
+        };
+        if self
+            .applied_bundle
+            .as_ref()
+            .is_some_and(|old| Arc::ptr_eq(old, &bundle))
+        {
+            return;
+        }
+        match self
+            .state
+            .tls
+            .set_bundle(bundle.anchors.clone(), BundleSource::Sds)
+        {
+            Ok(()) => tracing::info!(
+                roots = bundle.anchors.len(),
+                "trust bundle updated from SDS"
+            ),
+            Err(e) => tracing::error!("cannot use the SDS trust bundle: {e}; keeping the old one"),
+        }
+        self.applied_bundle = Some(bundle);
+    }
+
     /// Publishes the store as new routing tables; logs once when first complete.
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.apply_bundle();
         let prev = self.state.config.load();
-        let next = ProxyConfig::build(&self.store, &prev, &self.state.me);
+        let me = LocalIdentity {
+            principal: self.state.tls.configs().map(|c| c.spiffe_id.to_string()),
+            mtls: self.state.tls.enabled(),
+            ..self.state.me.clone()
+        };
+        let next = ProxyConfig::build(&self.store, &prev, &me);
         self.state.config.store(Arc::new(next));
         if self.store.is_complete() && !self.state.ready.swap(true, Ordering::AcqRel) {
             tracing::info!(

@@ -122,6 +122,14 @@ fn outbound_routes() -> RouteConfiguration {
     }
 }
 
+/// The inbound listener as a controller without mutual TLS would send it: one
+/// plaintext chain (no transport socket) for `port`.
+fn plaintext_inbound(port: u16) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    let mut l = resources::inbound_listener(&[port], mesh_model::MtlsMode::Permissive, &[]);
+    l.filter_chains.retain(|c| c.transport_socket.is_none());
+    l
+}
+
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -202,7 +210,7 @@ async fn full_path(protocol: XdsProtocol) {
         ResourceType::Listener,
         vec![
             named("outbound", &resources::outbound_listener()),
-            named("inbound", &resources::inbound_listener(&[app.port()])),
+            named("inbound", &plaintext_inbound(app.port())),
         ],
     );
     server_ads.set(
@@ -312,14 +320,14 @@ async fn full_path(protocol: XdsProtocol) {
     // Metrics on both sides.
     let (_, metrics) = get(client.admin_addr, "/metrics").await;
     assert!(
-        metrics.contains("mesh_requests_total{reporter=\"source\",source_workload=\"web-1\",source_namespace=\"default\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"none\"} 3"),
+        metrics.contains("mesh_requests_total{reporter=\"source\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"unknown\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"unknown\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"none\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("mesh_proxy_xds_connected 1"), "{metrics}");
     assert!(metrics.contains("mesh_tcp_connections_opened_total{reporter=\"source\"}"));
     let (_, metrics) = get(server.admin_addr, "/metrics").await;
     assert!(
-        metrics.contains("mesh_requests_total{reporter=\"destination\",source_workload=\"web-1\",source_namespace=\"default\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",response_code=\"200\""),
+        metrics.contains("mesh_requests_total{reporter=\"destination\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"unknown\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"unknown\",response_code=\"200\""),
         "{metrics}"
     );
 
@@ -337,6 +345,30 @@ async fn full_path(protocol: XdsProtocol) {
     .await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("does not serve port 1"), "{body}");
+
+    // Dev mode (no token) cannot do mutual TLS: a STRICT listener still serves
+    // plaintext, with its policies applied to a caller without a principal.
+    server_ads.set(
+        ResourceType::Listener,
+        vec![
+            named("outbound", &resources::outbound_listener()),
+            named(
+                "inbound",
+                &resources::inbound_listener(&[app.port()], mesh_model::MtlsMode::Strict, &[]),
+            ),
+        ],
+    );
+    eventually("STRICT listener in dev mode", async || {
+        let cfg = server.state().config.load();
+        cfg.inbound.as_ref().is_some_and(|t| !t.accepts_plaintext)
+    })
+    .await;
+    let (status, body) = raw(
+        server.inbound_addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 
     // Config dump.
     let (status, dump) = get(client.admin_addr, "/config_dump").await;

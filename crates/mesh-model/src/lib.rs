@@ -16,7 +16,9 @@ pub use error::{ModelError, ModelErrorKind};
 pub use identity::Identity;
 pub use model::{Endpoint, Model, ModelOptions, ServicePortView};
 pub use objects::{
-    Namespace, Object, ObjectKey, Service, ServicePort, TargetPort, Workload, WorkloadPort,
+    AuthorizationAction, AuthorizationOperation, AuthorizationPolicy, AuthorizationRule,
+    AuthorizationSource, MtlsMode, Namespace, Object, ObjectKey, Service, ServicePort, TargetPort,
+    Workload, WorkloadPort,
 };
 pub use parse::{parse_documents, render_documents};
 
@@ -24,6 +26,8 @@ pub use parse::{parse_documents, render_documents};
 pub const INJECT_LABEL: &str = "mesh.io/inject";
 /// The annotation that opts one workload out of its namespace's mesh.
 pub const INJECT_ANNOTATION: &str = "mesh.io/inject";
+/// The annotation (on a Namespace or Workload) that sets the mTLS mode.
+pub const MTLS_MODE_ANNOTATION: &str = "mesh.io/mtls-mode";
 /// The default Kubernetes cluster domain used in service FQDNs.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// The default SPIFFE trust domain.

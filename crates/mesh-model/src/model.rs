@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::identity::Identity;
-use crate::objects::{Namespace, Object, ObjectKey, Service, ServicePort, Workload};
+use crate::objects::{
+    AuthorizationAction, AuthorizationPolicy, MtlsMode, Namespace, Object, ObjectKey, Service,
+    ServicePort, Workload,
+};
 
 /// Settings that shape names derived from the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,6 +41,8 @@ pub struct Model {
     services: BTreeMap<ObjectKey, Service>,
     #[serde(serialize_with = "values")]
     workloads: BTreeMap<ObjectKey, Workload>,
+    #[serde(serialize_with = "values")]
+    authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
 }
 
 /// Maps serialize as lists of their values: JSON keys must be strings.
@@ -93,6 +98,11 @@ impl Model {
                     model
                         .workloads
                         .insert(ObjectKey::new(&w.namespace, &w.name), w);
+                }
+                Object::AuthorizationPolicy(p) => {
+                    model
+                        .authorization_policies
+                        .insert(ObjectKey::new(&p.namespace, &p.name), p);
                 }
             }
         }
@@ -158,6 +168,37 @@ impl Model {
                 fqdn: fqdn.clone(),
             })
         })
+    }
+
+    /// The policies that apply to `workload`, DENY first then ALLOW, each in name
+    /// order: the order they are evaluated in.
+    pub fn authorization_policies(&self, workload: &Workload) -> Vec<&AuthorizationPolicy> {
+        let mut policies: Vec<&AuthorizationPolicy> = self
+            .authorization_policies
+            .range(ObjectKey::new(&workload.namespace, "")..)
+            .take_while(|(k, _)| k.namespace == workload.namespace)
+            .map(|(_, p)| p)
+            .filter(|p| p.selects(workload))
+            .collect();
+        policies.sort_by_key(|p| p.action != AuthorizationAction::Deny);
+        policies
+    }
+
+    /// The workload's mTLS mode: its own annotation, else its namespace's, else
+    /// STRICT.
+    pub fn mtls_mode(&self, workload: &Workload) -> MtlsMode {
+        let from = |annotations: &BTreeMap<String, String>| {
+            annotations
+                .get(crate::MTLS_MODE_ANNOTATION)
+                .and_then(|v| MtlsMode::parse(v))
+        };
+        from(&workload.annotations)
+            .or_else(|| {
+                self.namespaces
+                    .get(&workload.namespace)
+                    .and_then(|n| from(&n.annotations))
+            })
+            .unwrap_or(MtlsMode::Strict)
     }
 
     /// The identity a workload's certificate carries.
@@ -273,6 +314,33 @@ spec: {address: 127.0.1.3, ports: [{name: http, port: 8080}], serviceAccount: ca
         assert_eq!(
             eps[0].identity.to_string(),
             "spiffe://cluster.local/ns/shop/sa/cat"
+        );
+    }
+
+    #[test]
+    fn policies_and_modes() {
+        let m = model(&format!(
+            "{MESH}---\napiVersion: mesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: b-allow, namespace: shop}}\nspec: {{selector: {{matchLabels: {{app: catalog}}}}, rules: [{{from: [{{source: {{namespaces: [web]}}}}]}}]}}\n---\napiVersion: mesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: z-deny, namespace: shop}}\nspec: {{action: DENY, rules: [{{to: [{{operation: {{paths: [/admin*]}}}}]}}]}}\n---\napiVersion: mesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: other, namespace: shop}}\nspec: {{selector: {{matchLabels: {{app: other}}}}}}\n"
+        ));
+        let w = m.workload("shop", "catalog-1").unwrap();
+        let names: Vec<_> = m
+            .authorization_policies(w)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["z-deny", "b-allow"],
+            "DENY first, selector respected"
+        );
+        assert_eq!(m.mtls_mode(w), MtlsMode::Strict);
+        let permissive = model(&MESH.replace(
+            "metadata: {name: shop, labels: {mesh.io/inject: enabled}}",
+            "metadata: {name: shop, labels: {mesh.io/inject: enabled}, annotations: {mesh.io/mtls-mode: PERMISSIVE}}",
+        ));
+        assert_eq!(
+            permissive.mtls_mode(permissive.workload("shop", "catalog-1").unwrap()),
+            MtlsMode::Permissive
         );
     }
 

@@ -41,6 +41,8 @@ pub enum Object {
     Service(Service),
     /// One running instance (a Pod in Kubernetes terms).
     Workload(Workload),
+    /// Which callers may reach which workloads.
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 impl Object {
@@ -50,6 +52,9 @@ impl Object {
             Object::Namespace(n) => format!("Namespace/{}", n.name),
             Object::Service(s) => format!("Service/{}/{}", s.namespace, s.name),
             Object::Workload(w) => format!("Workload/{}/{}", w.namespace, w.name),
+            Object::AuthorizationPolicy(p) => {
+                format!("AuthorizationPolicy/{}/{}", p.namespace, p.name)
+            }
         }
     }
 }
@@ -62,6 +67,9 @@ pub struct Namespace {
     /// Its labels; `mesh.io/inject=enabled` puts it in the mesh.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its annotations; `mesh.io/mtls-mode` sets the namespace's mTLS mode.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A Kubernetes-shaped Service.
@@ -164,4 +172,102 @@ pub struct WorkloadPort {
     pub name: Option<String>,
     /// The port number.
     pub port: u16,
+}
+
+/// Whether a workload's inbound side accepts plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Only mutual TLS from other sidecars (the default).
+    Strict,
+    /// Mutual TLS and plaintext, for migrating workloads into the mesh.
+    Permissive,
+}
+
+impl MtlsMode {
+    /// Parses `STRICT` or `PERMISSIVE` (any case).
+    pub fn parse(s: &str) -> Option<MtlsMode> {
+        match s.to_ascii_uppercase().as_str() {
+            "STRICT" => Some(MtlsMode::Strict),
+            "PERMISSIVE" => Some(MtlsMode::Permissive),
+            _ => None,
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorizationAction {
+    /// Requests matching a rule are allowed; once a workload has any ALLOW policy,
+    /// requests matching none are denied.
+    Allow,
+    /// Requests matching a rule are denied; DENY is evaluated before ALLOW.
+    Deny,
+}
+
+/// An AuthorizationPolicy (Istio's shape): which callers may reach which workloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationPolicy {
+    /// The policy's name.
+    pub name: String,
+    /// The namespace whose workloads it applies to.
+    pub namespace: String,
+    /// Labels of the workloads it applies to; empty means every workload in the
+    /// namespace.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Allow or deny what the rules match.
+    pub action: AuthorizationAction,
+    /// A request matches the policy if it matches any rule; no rules match nothing.
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRule>,
+}
+
+/// One rule: a request matches if it comes from any `from` source (or `from` is
+/// empty) and goes to any `to` operation (or `to` is empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationRule {
+    /// Who may call.
+    #[serde(default)]
+    pub from: Vec<AuthorizationSource>,
+    /// What they may call.
+    #[serde(default)]
+    pub to: Vec<AuthorizationOperation>,
+}
+
+/// A caller: matches if every non-empty field matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSource {
+    /// SPIFFE IDs; a trailing `*` matches by prefix; `*` alone matches any
+    /// authenticated caller.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Caller namespaces (from their SPIFFE IDs).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+/// An operation: matches if every non-empty field matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationOperation {
+    /// Paths; a trailing `*` matches by prefix.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// HTTP methods.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+impl AuthorizationPolicy {
+    /// Whether the policy applies to `workload`.
+    pub fn selects(&self, workload: &Workload) -> bool {
+        self.namespace == workload.namespace
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| workload.labels.get(k) == Some(v))
+    }
 }

@@ -7,7 +7,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::{ModelError, ModelErrorKind};
-use crate::objects::{Namespace, Object, Service, ServicePort, TargetPort, Workload, WorkloadPort};
+use crate::objects::{
+    AuthorizationAction, AuthorizationOperation, AuthorizationPolicy, AuthorizationRule,
+    AuthorizationSource, MtlsMode, Namespace, Object, Service, ServicePort, TargetPort, Workload,
+    WorkloadPort,
+};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -198,21 +202,26 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
     match (raw.api_version.as_str(), raw.kind.as_str()) {
         ("v1", "Namespace") => {
             check_name("metadata.name", &raw.metadata.name).map_err(|k| fail(k, ""))?;
+            check_mtls_annotation(&raw.metadata.annotations).map_err(|k| fail(k, ""))?;
             Ok(Object::Namespace(Namespace {
                 name: raw.metadata.name.clone(),
                 labels: raw.metadata.labels.clone(),
+                annotations: raw.metadata.annotations.clone(),
             }))
         }
         ("v1", "Service") => parse_service(&raw, &namespace).map_err(|k| fail(k, &namespace)),
         ("mesh.io/v1alpha1", "Workload") => {
             parse_workload(&raw, &namespace).map_err(|k| fail(k, &namespace))
         }
-        ("gateway.networking.k8s.io/v1", "HTTPRoute")
-        | ("mesh.io/v1alpha1", "TrafficPolicy")
-        | ("mesh.io/v1alpha1", "AuthorizationPolicy") => Err(fail(
-            ModelErrorKind::Unsupported(raw.kind.clone()),
-            &namespace,
-        )),
+        ("mesh.io/v1alpha1", "AuthorizationPolicy") => {
+            parse_authorization_policy(&raw, &namespace).map_err(|k| fail(k, &namespace))
+        }
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") | ("mesh.io/v1alpha1", "TrafficPolicy") => {
+            Err(fail(
+                ModelErrorKind::Unsupported(raw.kind.clone()),
+                &namespace,
+            ))
+        }
         _ => Err(fail(
             ModelErrorKind::UnknownKind {
                 kind: raw.kind.clone(),
@@ -334,6 +343,7 @@ fn parse_workload(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErr
             port,
         });
     }
+    check_mtls_annotation(&raw.metadata.annotations)?;
     let service_account = spec.service_account.unwrap_or_else(|| "default".into());
     check_name("spec.serviceAccount", &service_account)?;
     let env = match spec.env {
@@ -353,6 +363,128 @@ fn parse_workload(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErr
     }))
 }
 
+fn check_mtls_annotation(annotations: &BTreeMap<String, String>) -> Result<(), ModelErrorKind> {
+    match annotations.get(crate::MTLS_MODE_ANNOTATION) {
+        Some(v) if MtlsMode::parse(v).is_none() => Err(invalid(
+            format!("metadata.annotations[{}]", crate::MTLS_MODE_ANNOTATION),
+            format!("{v:?} must be STRICT or PERMISSIVE"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawPolicySpec {
+    #[serde(default)]
+    selector: Option<RawSelector>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    rules: Vec<AuthorizationRuleRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawSelector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizationRuleRaw {
+    #[serde(default)]
+    from: Vec<RawFrom>,
+    #[serde(default)]
+    to: Vec<RawTo>,
+}
+
+/// Istio nests sources under `source:` and operations under `operation:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrom {
+    source: AuthorizationSource,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTo {
+    operation: AuthorizationOperation,
+}
+
+fn parse_authorization_policy(
+    raw: &RawDocument,
+    namespace: &str,
+) -> Result<Object, ModelErrorKind> {
+    check_name("metadata.name", &raw.metadata.name)?;
+    check_name("metadata.namespace", namespace)?;
+    let spec: RawPolicySpec = spec(raw)?;
+    let action = match spec
+        .action
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("ALLOW") => AuthorizationAction::Allow,
+        Some("DENY") => AuthorizationAction::Deny,
+        Some(other) => {
+            return Err(invalid(
+                "spec.action",
+                format!("{other:?} must be ALLOW or DENY"),
+            ));
+        }
+    };
+    let mut rules = Vec::with_capacity(spec.rules.len());
+    for (i, rule) in spec.rules.into_iter().enumerate() {
+        let from: Vec<AuthorizationSource> = rule.from.into_iter().map(|f| f.source).collect();
+        let to: Vec<AuthorizationOperation> = rule.to.into_iter().map(|t| t.operation).collect();
+        for (j, source) in from.iter().enumerate() {
+            for p in &source.principals {
+                if p != "*" && !p.starts_with("spiffe://") {
+                    return Err(invalid(
+                        format!("spec.rules[{i}].from[{j}].source.principals"),
+                        format!(
+                            "{p:?} must be a SPIFFE ID (spiffe://...), optionally ending in *, or *"
+                        ),
+                    ));
+                }
+            }
+            for ns in &source.namespaces {
+                if ns != "*" {
+                    check_name(&format!("spec.rules[{i}].from[{j}].source.namespaces"), ns)?;
+                }
+            }
+        }
+        for (j, op) in to.iter().enumerate() {
+            for path in &op.paths {
+                if !path.starts_with('/') && path != "*" {
+                    return Err(invalid(
+                        format!("spec.rules[{i}].to[{j}].operation.paths"),
+                        format!("{path:?} must start with /"),
+                    ));
+                }
+            }
+            for m in &op.methods {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(invalid(
+                        format!("spec.rules[{i}].to[{j}].operation.methods"),
+                        format!("{m:?} must be an upper-case HTTP method"),
+                    ));
+                }
+            }
+        }
+        rules.push(AuthorizationRule { from, to });
+    }
+    Ok(Object::AuthorizationPolicy(AuthorizationPolicy {
+        name: raw.metadata.name.clone(),
+        namespace: namespace.to_string(),
+        selector: spec.selector.map(|s| s.match_labels).unwrap_or_default(),
+        action,
+        rules,
+    }))
+}
+
 /// Writes objects back as Kubernetes-shaped YAML documents that
 /// [`parse_documents`] reads again unchanged.
 pub fn render_documents(objects: &[Object]) -> String {
@@ -361,8 +493,29 @@ pub fn render_documents(objects: &[Object]) -> String {
         let doc = match object {
             Object::Namespace(n) => json!({
                 "apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": n.name, "labels": n.labels},
+                "metadata": {"name": n.name, "labels": n.labels, "annotations": n.annotations},
             }),
+            Object::AuthorizationPolicy(p) => {
+                let rules: Vec<_> = p
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "from": r.from.iter().map(|s| json!({"source": s})).collect::<Vec<_>>(),
+                            "to": r.to.iter().map(|o| json!({"operation": o})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "apiVersion": "mesh.io/v1alpha1", "kind": "AuthorizationPolicy",
+                    "metadata": {"name": p.name, "namespace": p.namespace},
+                    "spec": {
+                        "selector": {"matchLabels": p.selector},
+                        "action": p.action,
+                        "rules": rules,
+                    },
+                })
+            }
             Object::Service(s) => {
                 let ports: Vec<_> = s
                     .ports
@@ -524,6 +677,43 @@ spec:
                 .contains("already the cluster IP of Service/default/a"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn authorization_policies_parse_and_validate() {
+        let ok = "apiVersion: mesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {principals: [\"spiffe://cluster.local/ns/web/*\"]}}]\n    to: [{operation: {paths: [/admin*], methods: [POST]}}]\n";
+        let objects = parse_documents(ok, "p.yaml").unwrap();
+        let again = parse_documents(&render_documents(&objects), "rendered").unwrap();
+        assert_eq!(again, objects);
+        for (bad, expect) in [
+            ("spec: {action: MAYBE}", "ALLOW or DENY"),
+            (
+                "spec: {rules: [{from: [{source: {principals: [web]}}]}]}",
+                "SPIFFE ID",
+            ),
+            (
+                "spec: {rules: [{to: [{operation: {paths: [admin]}}]}]}",
+                "must start with /",
+            ),
+            (
+                "spec: {rules: [{to: [{operation: {methods: [get]}}]}]}",
+                "upper-case",
+            ),
+            (
+                "spec: {rules: [{from: [{source: {principal: [x]}}]}]}",
+                "principal",
+            ),
+        ] {
+            let text = format!(
+                "apiVersion: mesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\n{bad}\n"
+            );
+            let e = err(&text);
+            assert!(e.to_string().contains(expect), "{bad}: {e}");
+        }
+        let e = err(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, annotations: {mesh.io/mtls-mode: sometimes}}\n",
+        );
+        assert!(e.to_string().contains("STRICT or PERMISSIVE"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod any;
+pub mod authz;
 pub mod metadata;
 pub mod names;
 pub mod node;

@@ -4,6 +4,11 @@
 pub const OUTBOUND: &str = "outbound";
 /// The sidecar's inbound listener.
 pub const INBOUND: &str = "inbound";
+/// The SDS secret carrying the trust bundle (Istio's name for it).
+pub const TRUST_BUNDLE: &str = "ROOTCA";
+/// The SDS secret name of a workload's own certificate (issued through `Certify`
+/// to the sidecar, never served by the controller: the key stays in the sidecar).
+pub const WORKLOAD_CERT: &str = "default";
 /// Port of the outbound listener (explicit proxy and transparent capture).
 pub const OUTBOUND_PORT: u16 = 15001;
 /// Port of the inbound listener that fronts the app.

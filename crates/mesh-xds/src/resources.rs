@@ -12,6 +12,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     Locality, SocketAddress, TrafficDirection, address, config_source::ConfigSourceSpecifier,
     socket_address::PortSpecifier,
 };
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TransportSocket, data_source, transport_socket,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
     lb_endpoint::HostIdentifier,
@@ -19,22 +22,28 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     ApiListener, Filter, FilterChain, FilterChainMatch, Listener, filter::ConfigType,
 };
+use envoy_types::pb::envoy::config::listener::v3::{ListenerFilter, listener_filter};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
     http_connection_manager::RouteSpecifier, http_filter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
+    TlsParameters, common_tls_context::ValidationContextType, secret, tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options::ExplicitHttpConfig,
     http_protocol_options::UpstreamProtocolOptions,
     http_protocol_options::explicit_http_config::ProtocolConfig,
 };
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
-use mesh_model::Endpoint;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+use mesh_model::{Endpoint, MtlsMode};
 
 use crate::any::pack;
 use crate::metadata::{self, mesh_metadata};
@@ -139,33 +148,106 @@ pub fn outbound_listener() -> Listener {
     }
 }
 
-/// The sidecar's inbound listener: one filter chain per app port, each routing
+/// The well-known name of Envoy's TLS transport socket.
+pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+/// The well-known name of Envoy's TLS inspector listener filter.
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+/// ALPN offered by the inbound side: HTTP/2 between sidecars, HTTP/1.1 otherwise.
+pub const INBOUND_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+fn sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(ads_config_source()),
+    }
+}
+
+/// Mutual TLS for the inbound side: the workload certificate and the trust bundle
+/// by SDS, TLS 1.3, a client certificate required.
+pub fn inbound_tls_context() -> DownstreamTlsContext {
+    DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+                ..Default::default()
+            }),
+            tls_certificate_sds_secret_configs: vec![sds(names::WORKLOAD_CERT)],
+            validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
+                sds(names::TRUST_BUNDLE),
+            )),
+            alpn_protocols: INBOUND_ALPN.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+/// The trust bundle as an SDS secret (a validation context with the roots inline).
+pub fn trust_bundle_secret(pem: &str) -> Secret {
+    Secret {
+        name: names::TRUST_BUNDLE.into(),
+        r#type: Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineBytes(pem.as_bytes().to_vec())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+/// The sidecar's inbound listener: for every app port a mutual-TLS filter chain
+/// and, under PERMISSIVE, a plaintext one; each chain's HTTP filters start with the
+/// workload's authorization (`rbac`, from [`crate::authz::rbac_filters`]) and route
 /// everything to that port's inbound cluster.
-pub fn inbound_listener(app_ports: &[u16]) -> Listener {
-    let filter_chains = app_ports
-        .iter()
-        .map(|&port| {
-            let cluster = names::inbound_cluster(port);
+pub fn inbound_listener(app_ports: &[u16], mode: MtlsMode, rbac: &[HttpFilter]) -> Listener {
+    let mut filter_chains = Vec::new();
+    for &port in app_ports {
+        let cluster = names::inbound_cluster(port);
+        let mut transports = vec![("tls", true)];
+        if mode == MtlsMode::Permissive {
+            transports.push(("raw_buffer", false));
+        }
+        for (transport, tls) in transports {
             let routes = RouteSpecifier::RouteConfig(single_route(&cluster, &cluster, &["*"]));
-            FilterChain {
-                name: cluster.clone(),
+            let mut hcm = http_connection_manager(&cluster, routes);
+            hcm.http_filters.splice(0..0, rbac.iter().cloned());
+            filter_chains.push(FilterChain {
+                name: format!("{cluster}|{}", if tls { "tls" } else { "plaintext" }),
                 filter_chain_match: Some(FilterChainMatch {
                     destination_port: Some(UInt32Value {
                         value: u32::from(port),
                     }),
+                    transport_protocol: transport.into(),
                     ..Default::default()
                 }),
-                filters: vec![hcm_filter(&http_connection_manager(&cluster, routes))],
+                filters: vec![hcm_filter(&hcm)],
+                transport_socket: tls.then(|| TransportSocket {
+                    name: TLS_TRANSPORT_SOCKET.into(),
+                    config_type: Some(transport_socket::ConfigType::TypedConfig(pack(
+                        &inbound_tls_context(),
+                    ))),
+                }),
                 ..Default::default()
-            }
-        })
-        .collect();
+            });
+        }
+    }
     Listener {
         name: names::INBOUND.into(),
         address: Some(socket_address(SocketAddr::from((
             [0, 0, 0, 0],
             names::INBOUND_PORT,
         )))),
+        listener_filters: vec![ListenerFilter {
+            name: TLS_INSPECTOR.into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }],
         filter_chains,
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()

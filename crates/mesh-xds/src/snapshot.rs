@@ -13,6 +13,8 @@
 //! - CDS: one EDS cluster per meshed service port, plus `inbound|<port>` clusters for
 //!   its own workload's ports.
 //! - EDS: the load assignment of each meshed service port.
+//! - SDS: the trust bundle `ROOTCA` (its own certificate a sidecar gets through
+//!   `Certify`; the controller never holds workload keys).
 //!
 //! Nothing from a namespace outside the mesh is ever sent.
 
@@ -21,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
-use mesh_model::Model;
+use mesh_model::{Model, ObjectKey};
 use prost::{Message, Name};
 
 use crate::node::ProxyNode;
@@ -77,6 +79,13 @@ impl Resource {
 
 type ByName = BTreeMap<String, Arc<Resource>>;
 
+/// A workload's own inbound resources, shared by every proxy of that workload.
+#[derive(Debug, Clone)]
+struct Inbound {
+    listener: Arc<Resource>,
+    clusters: ByName,
+}
+
 /// Every shared resource built from one model.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -90,12 +99,19 @@ pub struct Snapshot {
     api_routes: ByName,
     outbound_listener: Arc<Resource>,
     outbound_routes: HashMap<String, Arc<Resource>>,
+    inbound: HashMap<ObjectKey, Inbound>,
+    trust_bundle: Arc<Resource>,
 }
 
 impl Snapshot {
     /// Builds every shared resource of `model`, reusing `previous`'s encodings of
     /// resources that did not change (see [`Resource::reuse`]).
-    pub fn build(model: Arc<Model>, generation: u64, previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(
+        model: Arc<Model>,
+        trust_bundle_pem: Arc<str>,
+        generation: u64,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let prev = |map: fn(&Snapshot) -> &ByName, name: &str| -> Option<Arc<Resource>> {
             previous.and_then(|p| map(p).get(name).cloned())
         };
@@ -142,8 +158,23 @@ impl Snapshot {
                 (ns, routes)
             })
             .collect();
+        let inbound = model
+            .workloads()
+            // Envoy rejects a listener without filter chains: no ports, no inbound.
+            .filter(|w| w.address.is_some() && !w.ports.is_empty() && w.is_injected())
+            .map(|w| {
+                let key = ObjectKey::new(&w.namespace, &w.name);
+                let prev = previous.and_then(|p| p.inbound.get(&key));
+                (key, inbound_resources(&model, w, prev))
+            })
+            .collect();
         Snapshot {
             generation,
+            inbound,
+            trust_bundle: Resource::new(
+                names::TRUST_BUNDLE,
+                &resources::trust_bundle_secret(&trust_bundle_pem),
+            ),
             clusters,
             endpoints,
             api_listeners,
@@ -190,8 +221,7 @@ fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
 pub struct ProxyView {
     snapshot: Arc<Snapshot>,
     outbound_routes: Arc<Resource>,
-    inbound_listener: Option<Arc<Resource>>,
-    inbound_clusters: ByName,
+    inbound: Option<Inbound>,
 }
 
 impl ProxyView {
@@ -203,38 +233,15 @@ impl ProxyView {
             .get(&node.namespace)
             .cloned()
             .unwrap_or_else(|| outbound_routes(model, &node.namespace));
-        let workload = node
+        let inbound = node
             .workload
             .as_deref()
-            .and_then(|w| model.workload(&node.namespace, w))
-            // Envoy rejects a listener without filter chains: no ports, no inbound.
-            .filter(|w| w.address.is_some() && !w.ports.is_empty());
-        let mut inbound_clusters = ByName::new();
-        let inbound_listener = workload.map(|w| {
-            let ip = w.address.expect("filtered on address");
-            let ports: Vec<u16> = w.ports.iter().map(|p| p.port).collect();
-            for &port in &ports {
-                let http2 = model
-                    .services()
-                    .filter(|s| s.namespace == w.namespace)
-                    .flat_map(|s| s.ports.iter().map(move |p| (s, p)))
-                    .any(|(s, p)| {
-                        s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                            && !s.selector.is_empty()
-                            && w.resolve_target(&p.target_port) == Some(port)
-                            && resources::is_http2(p.app_protocol.as_deref())
-                    });
-                let cluster = resources::inbound_cluster(SocketAddr::new(ip, port), http2);
-                inbound_clusters
-                    .insert(cluster.name.clone(), Resource::new(&cluster.name, &cluster));
-            }
-            Resource::new(names::INBOUND, &resources::inbound_listener(&ports))
-        });
+            .and_then(|w| snapshot.inbound.get(&ObjectKey::new(&node.namespace, w)))
+            .cloned();
         ProxyView {
             snapshot,
             outbound_routes,
-            inbound_listener,
-            inbound_clusters,
+            inbound,
         }
     }
 
@@ -248,16 +255,17 @@ impl ProxyView {
         let s = &self.snapshot;
         match ty {
             ResourceType::Listener => std::iter::once(s.outbound_listener.clone())
-                .chain(self.inbound_listener.clone())
+                .chain(self.inbound.as_ref().map(|i| i.listener.clone()))
                 .collect(),
             ResourceType::Route => vec![self.outbound_routes.clone()],
             ResourceType::Cluster => s
                 .clusters
                 .values()
-                .chain(self.inbound_clusters.values())
+                .chain(self.inbound.iter().flat_map(|i| i.clusters.values()))
                 .cloned()
                 .collect(),
             ResourceType::Endpoint => s.endpoints.values().cloned().collect(),
+            ResourceType::Secret => vec![s.trust_bundle.clone()],
         }
     }
 
@@ -267,7 +275,7 @@ impl ProxyView {
         match ty {
             ResourceType::Listener => match name {
                 names::OUTBOUND => Some(s.outbound_listener.clone()),
-                names::INBOUND => self.inbound_listener.clone(),
+                names::INBOUND => self.inbound.as_ref().map(|i| i.listener.clone()),
                 _ => s.api_listeners.get(name).cloned(),
             },
             ResourceType::Route => match name {
@@ -277,9 +285,49 @@ impl ProxyView {
             ResourceType::Cluster => s
                 .clusters
                 .get(name)
-                .or_else(|| self.inbound_clusters.get(name))
+                .or_else(|| self.inbound.as_ref().and_then(|i| i.clusters.get(name)))
                 .cloned(),
             ResourceType::Endpoint => s.endpoints.get(name).cloned(),
+            ResourceType::Secret => (name == names::TRUST_BUNDLE).then(|| s.trust_bundle.clone()),
         }
+    }
+}
+
+/// A workload's inbound listener (mTLS mode, authorization) and the clusters that
+/// deliver to its app, reusing `previous` where unchanged (RBAC policies are a
+/// protobuf map, whose encoding order varies).
+fn inbound_resources(
+    model: &Model,
+    w: &mesh_model::Workload,
+    previous: Option<&Inbound>,
+) -> Inbound {
+    let ip = w.address.expect("filtered on address");
+    let ports: Vec<u16> = w.ports.iter().map(|p| p.port).collect();
+    let mut clusters = ByName::new();
+    for &port in &ports {
+        let http2 = model
+            .services()
+            .filter(|s| s.namespace == w.namespace && !s.selector.is_empty())
+            .filter(|s| s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .flat_map(|s| s.ports.iter())
+            .any(|p| {
+                w.resolve_target(&p.target_port) == Some(port)
+                    && resources::is_http2(p.app_protocol.as_deref())
+            });
+        let cluster = resources::inbound_cluster(SocketAddr::new(ip, port), http2);
+        let prev = previous.and_then(|p| p.clusters.get(&cluster.name));
+        clusters.insert(
+            cluster.name.clone(),
+            Resource::reuse(&cluster.name, &cluster, prev),
+        );
+    }
+    let rbac = crate::authz::rbac_filters(
+        &model.authorization_policies(w),
+        &model.options.trust_domain,
+    );
+    let listener = resources::inbound_listener(&ports, model.mtls_mode(w), &rbac);
+    Inbound {
+        listener: Resource::reuse(names::INBOUND, &listener, previous.map(|p| &p.listener)),
+        clusters,
     }
 }

@@ -3,11 +3,21 @@
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
+use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use mesh_model::{Model, ModelOptions, parse_documents};
 
 use crate::any::unpack;
 use crate::{ProxyNode, ProxyView, ResourceType, Snapshot};
+
+/// Any PEM text: the snapshot carries it without parsing.
+const BUNDLE: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
 const MESH: &str = r#"
 apiVersion: v1
@@ -41,11 +51,25 @@ apiVersion: mesh.io/v1alpha1
 kind: Workload
 metadata: {name: ui-1, namespace: web, labels: {app: ui}}
 spec: {address: 127.0.1.2, ports: [{port: 3000}, {port: 3001}], serviceAccount: ui}
+---
+apiVersion: mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: shop-only, namespace: web}
+spec:
+  rules:
+  - from: [{source: {namespaces: [shop]}}]
+  - from: [{source: {principals: ["spiffe://cluster.local/ns/ops/sa/*"]}}]
+    to: [{operation: {paths: [/admin*], methods: [GET]}}]
+---
+apiVersion: mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: web}
+spec: {action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}
 "#;
 
 fn view(workload: Option<&str>, namespace: &str) -> ProxyView {
     let model = Model::new(parse_documents(MESH, "t").unwrap(), ModelOptions::default());
-    let snapshot = Arc::new(Snapshot::build(Arc::new(model), 1, None));
+    let snapshot = Arc::new(Snapshot::build(Arc::new(model), Arc::from(BUNDLE), 1, None));
     ProxyView::new(
         snapshot,
         &ProxyNode {
@@ -147,10 +171,15 @@ fn rebuilding_an_unchanged_model_keeps_every_version() {
         parse_documents(MESH, "t").unwrap(),
         ModelOptions::default(),
     ));
-    let mut previous = Arc::new(Snapshot::build(model.clone(), 1, None));
+    let mut previous = Arc::new(Snapshot::build(model.clone(), Arc::from(BUNDLE), 1, None));
     let node = ProxyNode::default();
     for generation in 2..20 {
-        let next = Arc::new(Snapshot::build(model.clone(), generation, Some(&previous)));
+        let next = Arc::new(Snapshot::build(
+            model.clone(),
+            Arc::from(BUNDLE),
+            generation,
+            Some(&previous),
+        ));
         let (a, b) = (
             ProxyView::new(previous.clone(), &node),
             ProxyView::new(next.clone(), &node),
@@ -162,4 +191,131 @@ fn rebuilding_an_unchanged_model_keeps_every_version() {
         }
         previous = next;
     }
+}
+
+fn inbound(view: &ProxyView) -> Listener {
+    unpack(&view.get(ResourceType::Listener, "inbound").unwrap().body).unwrap()
+}
+
+fn hcm(chain: &envoy_types::pb::envoy::config::listener::v3::FilterChain) -> HttpConnectionManager {
+    match chain.filters[0].config_type.as_ref().unwrap() {
+        ConfigType::TypedConfig(any) => unpack(any).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn inbound_is_mutual_tls_by_default_and_permissive_adds_plaintext() {
+    let strict = inbound(&view(Some("ui-1"), "web"));
+    let chains: Vec<(&str, &str, bool)> = strict
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.as_ref().unwrap();
+            (
+                c.name.as_str(),
+                m.transport_protocol.as_str(),
+                c.transport_socket.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            ("inbound|3000|tls", "tls", true),
+            ("inbound|3001|tls", "tls", true)
+        ]
+    );
+    assert_eq!(
+        strict.listener_filters[0].name,
+        crate::resources::TLS_INSPECTOR
+    );
+
+    let permissive_mesh = MESH.replace(
+        "metadata: {name: web, labels: {mesh.io/inject: enabled}}",
+        "metadata: {name: web, labels: {mesh.io/inject: enabled}, annotations: {mesh.io/mtls-mode: PERMISSIVE}}",
+    );
+    assert_ne!(permissive_mesh, MESH);
+    let model = Model::new(
+        parse_documents(&permissive_mesh, "t").unwrap(),
+        ModelOptions::default(),
+    );
+    let snapshot = Arc::new(Snapshot::build(Arc::new(model), Arc::from(BUNDLE), 1, None));
+    let node = ProxyNode {
+        id: "n".into(),
+        workload: Some("ui-1".into()),
+        namespace: "web".into(),
+        admin_address: None,
+    };
+    let permissive = inbound(&ProxyView::new(snapshot, &node));
+    let plaintext: Vec<_> = permissive
+        .filter_chains
+        .iter()
+        .filter(|c| c.transport_socket.is_none())
+        .map(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .unwrap()
+                .transport_protocol
+                .as_str()
+        })
+        .collect();
+    assert_eq!(plaintext, ["raw_buffer", "raw_buffer"]);
+}
+
+#[test]
+fn authorization_becomes_deny_then_allow_rbac_filters() {
+    let listener = inbound(&view(Some("ui-1"), "web"));
+    let filters = &hcm(&listener.filter_chains[0]).http_filters;
+    let names: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.router"
+        ]
+    );
+    let rbac = |i: usize| -> Rbac {
+        match filters[i].config_type.as_ref().unwrap() {
+            http_filter::ConfigType::TypedConfig(any) => unpack(any).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let deny = rbac(0).rules.unwrap();
+    assert_eq!(deny.action, Action::Deny as i32);
+    assert_eq!(
+        deny.policies.keys().collect::<Vec<_>>(),
+        ["web/no-delete[0]"]
+    );
+    let allow = rbac(1).rules.unwrap();
+    assert_eq!(allow.action, Action::Allow as i32);
+    let mut keys: Vec<_> = allow.policies.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["web/shop-only[0]", "web/shop-only[1]"]);
+    // catalog-1 (namespace shop) has no policy: no RBAC filter at all.
+    let catalog = inbound(&view(Some("catalog-1"), "shop"));
+    assert_eq!(hcm(&catalog.filter_chains[0]).http_filters.len(), 1);
+}
+
+#[test]
+fn the_trust_bundle_is_an_sds_secret() {
+    let v = view(None, "default");
+    let r = v
+        .get(ResourceType::Secret, "ROOTCA")
+        .expect("ROOTCA served");
+    let s: Secret = unpack(&r.body).unwrap();
+    let Some(secret::Type::ValidationContext(vc)) = s.r#type else {
+        panic!("not a validation context")
+    };
+    let Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineBytes(pem)) =
+        vc.trusted_ca.unwrap().specifier
+    else {
+        panic!("not inline")
+    };
+    assert_eq!(pem, BUNDLE.as_bytes());
+    assert!(
+        v.get(ResourceType::Secret, "default").is_none(),
+        "workload keys are never served"
+    );
 }

@@ -10,13 +10,17 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Type URL of `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Type URL of `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// A resource type served over ADS.
 ///
-/// The order is Envoy's recommended push order (CDS, EDS, LDS, RDS) so that a
+/// The order is Envoy's recommended push order (SDS, CDS, EDS, LDS, RDS) so that a
 /// reference is never pushed before what it refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum ResourceType {
+    /// Secrets: the trust bundle.
+    Secret,
     /// Clusters.
     Cluster,
     /// Cluster load assignments.
@@ -29,7 +33,8 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// Every type, in push order.
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; 5] = [
+        ResourceType::Secret,
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
@@ -43,6 +48,7 @@ impl ResourceType {
             ResourceType::Route => ROUTE,
             ResourceType::Cluster => CLUSTER,
             ResourceType::Endpoint => ENDPOINT,
+            ResourceType::Secret => SECRET,
         }
     }
 
@@ -58,6 +64,7 @@ impl ResourceType {
             ResourceType::Route => "RDS",
             ResourceType::Cluster => "CDS",
             ResourceType::Endpoint => "EDS",
+            ResourceType::Secret => "SDS",
         }
     }
 

@@ -1,6 +1,9 @@
 //! A small in-process ADS server for tests: holds resources per type, pushes changes
 //! to connected streams (Delta and SotW), and records every request it receives.
 
+// Each test binary uses a different part of this helper.
+#![allow(dead_code)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
