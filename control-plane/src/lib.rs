@@ -2,14 +2,17 @@
 //!
 //! Data flows one way: a registry source publishes [`registry::RegistryState`];
 //! [`publish`] debounces it into xDS snapshots; the [`xds`] server pushes each
-//! proxy its view; [`admin`] shows all of it.
+//! proxy its view; [`identity`] is the CA behind `Certify` and the trust bundle;
+//! [`secure`] is the TLS port; [`admin`] shows all of it.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod publish;
 pub mod registry;
+pub mod secure;
 pub mod xds;
 
 use std::sync::Arc;
@@ -27,10 +30,18 @@ pub const CONTROL_PLANE_ID: &str = "mesh-controller";
 
 /// Runs the controller until SIGINT or SIGTERM.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let plaintext_addr = args.plaintext_addr();
+    let secure_addr = args.secure_addr();
+    if plaintext_addr.is_none() && secure_addr.is_none() {
+        anyhow::bail!(
+            "both xDS ports are switched off: give --xds-addr or --secure-xds-addr an address"
+        );
+    }
     let metrics = Arc::new(metrics::Metrics::default());
+    let authority = identity::Authority::from_args(&args, metrics.clone())?;
     let options = ModelOptions {
         cluster_domain: args.cluster_domain.clone(),
-        ..ModelOptions::default()
+        trust_domain: args.trust_domain.clone(),
     };
     let registry = match args.registry {
         RegistryKind::File => {
@@ -41,41 +52,115 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             registry::file::start(file, options, metrics.clone())?
         }
     };
-    let snapshots = publish::start(registry.clone(), Duration::from_millis(args.debounce_ms));
+    let snapshots = publish::start(
+        registry.clone(),
+        authority.bundle(),
+        Duration::from_millis(args.debounce_ms),
+    );
     let sync = Arc::new(xds::status::SyncRegistry::default());
 
-    let xds_listener = TcpListener::bind(args.xds_addr)
-        .await
-        .with_context(|| format!("cannot listen for xDS on {}", args.xds_addr))?;
+    let plaintext_listener = match plaintext_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for plaintext xDS on {addr}"))?,
+        ),
+        None => None,
+    };
+    let secure_listener = match secure_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for secure xDS on {addr}"))?,
+        ),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("cannot listen for admin on {}", args.admin_addr))?;
-    tracing::info!(xds = %args.xds_addr, admin = %args.admin_addr, "mesh-controller listening");
 
-    tokio::spawn(admin::serve(
-        admin_listener,
-        admin::AdminState {
-            registry,
-            sync: sync.clone(),
-            metrics: metrics.clone(),
-        },
-    ));
     let ads = xds::AdsServer::new(xds::XdsContext {
-        snapshots,
-        sync,
-        metrics,
+        snapshots: snapshots.clone(),
+        sync: sync.clone(),
+        metrics: metrics.clone(),
     });
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-            shutdown_signal(),
-        )
-        .await
-        .context("xDS server failed")?;
+        .add_service(identity::certify::CertifyService::new(authority.clone()).into_service());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = plaintext_listener {
+        let router = router.clone();
+        let stopped = stopped();
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stopped,
+                )
+                .await
+                .context("plaintext xDS server failed")
+        });
+    } else {
+        tracing::info!("plaintext xDS port switched off");
+    }
+    if let Some(listener) = secure_listener {
+        let configs = identity::serving::start(authority.clone())?;
+        let stopped = stopped();
+        servers.spawn(async move {
+            router
+                .serve_with_incoming_shutdown(secure::incoming(listener, configs), stopped)
+                .await
+                .context("secure xDS server failed")
+        });
+    } else {
+        tracing::warn!("secure xDS port switched off: proxies can only use plaintext xDS");
+    }
+    if authority.source() == identity::CaSource::Directory {
+        authority.resume_rotation(sync.clone(), snapshots.clone())?;
+    }
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin::AdminState {
+            registry,
+            sync,
+            metrics,
+            authority: authority.clone(),
+            snapshots,
+        },
+    ));
+    tracing::info!(
+        xds = ?plaintext_addr,
+        secure_xds = ?secure_addr,
+        admin = %args.admin_addr,
+        trust_domain = %args.trust_domain,
+        ca = ?authority.source(),
+        "mesh-controller listening"
+    );
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        Some(done) = servers.join_next() => match done {
+            Ok(r) => r.and_then(|()| Err(anyhow::anyhow!("an xDS server stopped unexpectedly"))),
+            Err(e) => Err(anyhow::anyhow!("an xDS server panicked: {e}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    while let Some(done) = servers.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "while stopping");
+        }
+    }
+    result?;
     tracing::info!("mesh-controller stopped");
     Ok(())
 }

@@ -48,6 +48,10 @@ pub struct Metrics {
     pub rejects: Family<TypeLabel, Counter>,
     /// Registry updates applied or rejected.
     pub registry_events: Family<RegistryLabel, Counter>,
+    /// Workload certificates signed through `Certify`.
+    pub ca_certificates_issued: Counter,
+    /// When the earliest trusted root expires (Unix seconds), for alerts.
+    pub ca_root_expiry: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +69,8 @@ impl Default for Metrics {
         let convergence = Histogram::new(latency_buckets());
         let rejects = Family::<TypeLabel, Counter>::default();
         let registry_events = Family::<RegistryLabel, Counter>::default();
+        let ca_certificates_issued = Counter::default();
+        let ca_root_expiry = Gauge::default();
         registry.register(
             "xds_connected_proxies",
             "Proxies with an open ADS stream",
@@ -91,6 +97,16 @@ impl Default for Metrics {
             "Registry updates, applied or rejected",
             registry_events.clone(),
         );
+        registry.register(
+            "ca_certificates_issued",
+            "Workload certificates signed through Certify",
+            ca_certificates_issued.clone(),
+        );
+        registry.register(
+            "ca_root_expiry_timestamp_seconds",
+            "When the earliest trusted root CA certificate expires, Unix seconds",
+            ca_root_expiry.clone(),
+        );
         Metrics {
             registry,
             connected_proxies,
@@ -99,6 +115,8 @@ impl Default for Metrics {
             convergence,
             rejects,
             registry_events,
+            ca_certificates_issued,
+            ca_root_expiry,
         }
     }
 }

@@ -102,12 +102,21 @@ pub struct Controller {
     pub xds: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
+    /// TLS address (xDS and Certify).
+    pub secure: SocketAddr,
 }
 
 impl Controller {
     /// Starts `mesh-controller` on `file` with fresh ports and waits until ready.
     pub async fn start(file: &Path, log_dir: &Path) -> Controller {
-        Self::start_on(file, log_dir, crate::free_addr(), crate::free_addr()).await
+        Self::start_on(
+            file,
+            log_dir,
+            crate::free_addr(),
+            crate::free_addr(),
+            crate::free_addr(),
+        )
+        .await
     }
 
     /// Starts `mesh-controller` on `file` at the given addresses and waits until ready.
@@ -116,6 +125,7 @@ impl Controller {
         log_dir: &Path,
         xds: SocketAddr,
         admin: SocketAddr,
+        secure: SocketAddr,
     ) -> Controller {
         let args = vec![
             "--registry".into(),
@@ -128,9 +138,19 @@ impl Controller {
             admin.to_string(),
             "--debounce-ms".into(),
             "50".into(),
+            // The CA lives beside the mesh file, so a restarted controller keeps it.
+            "--ca-dir".into(),
+            file.with_extension("ca").display().to_string(),
+            "--secure-xds-addr".into(),
+            secure.to_string(),
         ];
         let proc = Proc::start("controller", &bin("mesh-controller"), &args, log_dir);
-        let c = Controller { proc, xds, admin };
+        let c = Controller {
+            proc,
+            xds,
+            admin,
+            secure,
+        };
         let url = format!("http://{admin}/ready");
         crate::eventually("controller ready", Duration::from_secs(10), || {
             let url = url.clone();

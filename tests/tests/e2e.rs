@@ -88,7 +88,11 @@ impl World {
         let client_ip = unique_ip();
         let file = dir.join("mesh.yaml");
         // The controller address is chosen first so instances can start with it.
-        let (xds, admin) = (mesh_tests::free_addr(), mesh_tests::free_addr());
+        let (xds, admin, secure) = (
+            mesh_tests::free_addr(),
+            mesh_tests::free_addr(),
+            mesh_tests::free_addr(),
+        );
         let xds_url = format!("http://{xds}");
         let mut catalog = Vec::new();
         for name in ["catalog-1", "catalog-2"] {
@@ -104,7 +108,7 @@ impl World {
             mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w)
         };
         std::fs::write(&file, world_yaml(&catalog)).unwrap();
-        let controller = Controller::start_on(&file, &dir, xds, admin).await;
+        let controller = Controller::start_on(&file, &dir, xds, admin, secure).await;
         let client = Sidecar::start("frontend-1", client_ip, &xds_url, extra_args, &dir);
         client.wait_ready().await;
         for i in &catalog {
@@ -191,7 +195,7 @@ async fn traffic_and_changes(extra: &[&'static str]) {
         .await;
 
     // Controller gone: the proxy keeps its last good config.
-    let (xds, admin) = (w.controller.xds, w.controller.admin);
+    let (xds, admin, secure) = (w.controller.xds, w.controller.admin, w.controller.secure);
     w.controller.proc.kill().await;
     let spread = w.spread(20).await;
     assert_eq!(
@@ -203,7 +207,7 @@ async fn traffic_and_changes(extra: &[&'static str]) {
 
     // Controller back with a changed file: the proxy reconnects and resyncs.
     w.write(&w.yaml(&["catalog-1", "catalog-2", "catalog-3"]));
-    w.controller = Controller::start_on(&w.dir.join("mesh.yaml"), &w.dir, xds, admin).await;
+    w.controller = Controller::start_on(&w.dir.join("mesh.yaml"), &w.dir, xds, admin, secure).await;
     w.wait_spread(
         "resync after controller restart",
         &["catalog-1", "catalog-2", "catalog-3"],

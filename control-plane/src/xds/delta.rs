@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
-use mesh_xds::{ProxyView, ResourceType, version};
+use mesh_xds::{ProxyView, ResourceType, names, version};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -206,6 +206,9 @@ impl Delta {
                 .map(|(n, v)| (n.as_str(), v.as_str())),
         );
         let count = state.proxy_has.len();
+        let bundle_version = (ty == ResourceType::Secret)
+            .then(|| state.proxy_has.get(names::TRUST_BUNDLE).cloned())
+            .flatten();
         let names: Vec<String> = changed.iter().map(|r| r.name.clone()).collect();
         let nonce = self.tracker.nonce();
         let response = DeltaDiscoveryResponse {
@@ -220,8 +223,15 @@ impl Delta {
             ..Default::default()
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.tracker
-            .sent(ty, nonce, version, count, change_at, started);
+        self.tracker.sent(
+            ty,
+            nonce,
+            version,
+            count,
+            change_at,
+            started,
+            bundle_version,
+        );
         Ok(names)
     }
 }

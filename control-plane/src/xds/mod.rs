@@ -3,7 +3,7 @@
 mod delta;
 mod sotw;
 pub mod status;
-mod tracker;
+pub mod tracker;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl AggregatedDiscoveryService for AdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let ctx = self.ctx.clone();
-        let peer = request.remote_addr();
+        let peer = crate::secure::Peer::of(&request);
         tokio::spawn(tracker::drive::<sotw::Sotw>(
             ctx,
             request.into_inner(),
@@ -86,7 +86,7 @@ impl AggregatedDiscoveryService for AdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let ctx = self.ctx.clone();
-        let peer = request.remote_addr();
+        let peer = crate::secure::Peer::of(&request);
         tokio::spawn(tracker::drive::<delta::Delta>(
             ctx,
             request.into_inner(),

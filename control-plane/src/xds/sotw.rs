@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use mesh_xds::{ProxyView, ResourceType, version};
+use mesh_xds::{ProxyView, ResourceType, names, version};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -124,6 +124,9 @@ impl Sotw {
         state.last_version = Some(version.clone());
         let nonce = self.tracker.nonce();
         let count = selected.len();
+        let bundle_version = (ty == ResourceType::Secret)
+            .then(|| selected.get(names::TRUST_BUNDLE).map(|r| r.version.clone()))
+            .flatten();
         let response = DiscoveryResponse {
             version_info: version.clone(),
             resources: selected.into_values().map(|r| r.body.clone()).collect(),
@@ -135,8 +138,15 @@ impl Sotw {
             ..Default::default()
         };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.tracker
-            .sent(ty, nonce, version, count, change_at, started);
+        self.tracker.sent(
+            ty,
+            nonce,
+            version,
+            count,
+            change_at,
+            started,
+            bundle_version,
+        );
         Ok(true)
     }
 }

@@ -72,7 +72,14 @@ pub struct ProxySync {
     pub protocol: &'static str,
     /// When the stream opened (Unix seconds).
     pub connected_at_unix: u64,
-    /// Per type (`CDS`, `EDS`, `LDS`, `RDS`).
+    /// Whether the stream came over the TLS port.
+    pub secure: bool,
+    /// The SPIFFE ID of the proxy's client certificate (TLS port only).
+    pub identity: Option<String>,
+    /// Version of the `ROOTCA` trust bundle secret the proxy last ACKed; root
+    /// rotation waits for every proxy to hold the new one.
+    pub trust_bundle_version: Option<String>,
+    /// Per type (`SDS`, `CDS`, `EDS`, `LDS`, `RDS`).
     pub types: BTreeMap<&'static str, TypeSync>,
 }
 
@@ -85,7 +92,12 @@ pub struct SyncRegistry {
 
 impl SyncRegistry {
     /// Records a new stream and returns its connection number.
-    pub fn register(&self, node: &ProxyNode, protocol: &'static str) -> u64 {
+    pub fn register(
+        &self,
+        node: &ProxyNode,
+        protocol: &'static str,
+        peer: &crate::secure::Peer,
+    ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = ProxySync {
             connection: id,
@@ -95,6 +107,9 @@ impl SyncRegistry {
             admin_address: node.admin_address.clone(),
             protocol,
             connected_at_unix: crate::registry::unix_now(),
+            secure: peer.secure,
+            identity: peer.identity.as_ref().map(ToString::to_string),
+            trust_bundle_version: None,
             types: ResourceType::ALL
                 .iter()
                 .map(|t| (t.short_name(), TypeSync::default()))
@@ -115,6 +130,13 @@ impl SyncRegistry {
             && let Some(t) = p.types.get_mut(ty.short_name())
         {
             f(t);
+        }
+    }
+
+    /// Records the trust bundle version a stream ACKed.
+    pub fn set_trust_bundle(&self, id: u64, version: Option<String>) {
+        if let Some(p) = self.lock().get_mut(&id) {
+            p.trust_bundle_version = version;
         }
     }
 

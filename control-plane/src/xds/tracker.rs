@@ -2,7 +2,6 @@
 //! stream, and tracking sent nonces against ACKs and NACKs per type.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use tonic::{Status, Streaming};
 use super::XdsContext;
 use super::status::SyncStatus;
 use crate::metrics::Metrics;
+pub use crate::secure::Peer;
 
 /// How a request's nonce relates to what was sent.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +35,9 @@ struct Sent {
     version: String,
     /// When the registry change behind this push happened (None for initial pushes).
     change_at: Option<Instant>,
+    /// For SDS: the version of the `ROOTCA` trust bundle the proxy holds once it
+    /// ACKs this response.
+    bundle_version: Option<String>,
 }
 
 /// One stream's bookkeeping, registered in the sync registry while it lives.
@@ -50,11 +53,17 @@ pub struct StreamTracker {
 impl StreamTracker {
     /// Registers a stream for the node of its first request. gRPC clients send the
     /// node only there, so it is remembered for the stream's life.
+    ///
+    /// On the TLS port the node is bound to the client certificate: no certificate,
+    /// no stream (UNAUTHENTICATED); a node claiming another namespace, or a
+    /// workload whose service account is not the certificate's, is refused
+    /// (PERMISSION_DENIED), so a proxy cannot obtain another workload's config.
+    /// Plaintext streams (loopback development) are not bound.
     pub fn open(
         ctx: &XdsContext,
         node: Option<&Node>,
         protocol: &'static str,
-        peer: Option<std::net::SocketAddr>,
+        peer: &Peer,
     ) -> Result<StreamTracker, Status> {
         let node = node.ok_or_else(|| {
             Status::invalid_argument("the first request of an ADS stream must carry a node")
@@ -65,9 +74,16 @@ impl StreamTracker {
             ));
         }
         let node = ProxyNode::from_node(node);
-        let id = ctx.sync.register(&node, protocol);
+        if peer.secure {
+            let model = ctx.snapshots.borrow().snapshot.model.clone();
+            if let Err(status) = bind(&node, peer.identity.as_ref(), &model) {
+                tracing::warn!(node = %node.id, workload = ?node.workload, namespace = %node.namespace, %peer, protocol, reason = %status.message(), "refused xDS stream");
+                return Err(status);
+            }
+        }
+        let id = ctx.sync.register(&node, protocol, peer);
         ctx.metrics.connected_proxies.inc();
-        tracing::info!(node = %node.id, workload = ?node.workload, namespace = %node.namespace, ?peer, protocol, "proxy connected");
+        tracing::info!(node = %node.id, workload = ?node.workload, namespace = %node.namespace, %peer, protocol, "proxy connected");
         Ok(StreamTracker {
             node,
             ctx: ctx.clone(),
@@ -87,6 +103,7 @@ impl StreamTracker {
         };
         let version = sent.version.clone();
         let change_at = sent.change_at;
+        let bundle_version = sent.bundle_version.clone();
         match error {
             Some(err) => {
                 let reason = err.message.clone();
@@ -117,6 +134,9 @@ impl StreamTracker {
                     t.acked_version = Some(version);
                     t.error = None;
                 });
+                if ty == ResourceType::Secret {
+                    self.ctx.sync.set_trust_bundle(self.id, bundle_version);
+                }
                 Reply::Ack
             }
         }
@@ -128,7 +148,9 @@ impl StreamTracker {
         self.next_nonce.to_string()
     }
 
-    /// Records a response that was sent.
+    /// Records a response that was sent; `bundle_version` is the `ROOTCA` version
+    /// the proxy holds after it (SDS only).
+    #[allow(clippy::too_many_arguments)]
     pub fn sent(
         &mut self,
         ty: ResourceType,
@@ -137,6 +159,7 @@ impl StreamTracker {
         resources: usize,
         change_at: Option<Instant>,
         started: Instant,
+        bundle_version: Option<String>,
     ) {
         let metrics = &self.ctx.metrics;
         metrics.pushes.get_or_create(&Metrics::type_label(ty)).inc();
@@ -156,6 +179,7 @@ impl StreamTracker {
                 nonce,
                 version,
                 change_at,
+                bundle_version,
             },
         );
     }
@@ -166,6 +190,42 @@ impl Drop for StreamTracker {
         self.ctx.sync.unregister(self.id);
         self.ctx.metrics.connected_proxies.dec();
         tracing::info!(node = %self.node.id, "proxy disconnected");
+    }
+}
+
+/// Checks that a node on the TLS port is who its certificate says.
+pub fn bind(
+    node: &ProxyNode,
+    identity: Option<&mesh_identity::Identity>,
+    model: &mesh_model::Model,
+) -> Result<(), Status> {
+    let Some(identity) = identity else {
+        return Err(Status::unauthenticated(
+            "xDS over the secure port needs a workload certificate: call Certify first",
+        ));
+    };
+    if node.namespace != identity.namespace {
+        return Err(Status::permission_denied(format!(
+            "node {:?} claims namespace {:?}, but its certificate is {identity}",
+            node.id, node.namespace
+        )));
+    }
+    let Some(workload_name) = node.workload.as_deref() else {
+        return Ok(());
+    };
+    match model.workload(&node.namespace, workload_name) {
+        None => Err(Status::permission_denied(format!(
+            "node {:?} claims workload {}/{workload_name}, which is not in the registry (certificate: {identity})",
+            node.id, node.namespace
+        ))),
+        Some(w) if model.identity(w) != *identity => Err(Status::permission_denied(format!(
+            "node {:?} claims workload {}/{workload_name} with service account {:?} ({}), but its certificate is {identity}",
+            node.id,
+            node.namespace,
+            w.service_account,
+            model.identity(w)
+        ))),
+        Some(_) => Ok(()),
     }
 }
 
@@ -256,7 +316,7 @@ pub async fn drive<V: Variant>(
     ctx: XdsContext,
     mut requests: Streaming<V::Request>,
     tx: mpsc::Sender<Result<V::Response, Status>>,
-    peer: Option<SocketAddr>,
+    peer: Peer,
 ) where
     Streaming<V::Request>: Send,
 {
@@ -264,7 +324,7 @@ pub async fn drive<V: Variant>(
         Ok(Some(r)) => r,
         _ => return,
     };
-    let tracker = match StreamTracker::open(&ctx, V::node(&first), V::PROTOCOL, peer) {
+    let tracker = match StreamTracker::open(&ctx, V::node(&first), V::PROTOCOL, &peer) {
         Ok(t) => t,
         Err(status) => {
             let _ = tx.send(Err(status)).await;
