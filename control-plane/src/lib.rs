@@ -105,7 +105,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         servers.spawn(async move {
             router
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // The builder's tcp_nodelay does not apply to a given listener;
+                    // without it small xDS writes wait on delayed ACKs (~40 ms).
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                     stopped,
                 )
                 .await

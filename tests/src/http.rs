@@ -17,6 +17,15 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// Sends `req` over a new HTTP/1.1 connection to `addr`; the URI is sent as given,
 /// so an absolute URI makes this an explicit-proxy request.
 pub async fn send(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Option<(u16, String)> {
+    send_body(addr, req).await
+}
+
+async fn send_body<B>(addr: SocketAddr, req: Request<B>) -> Option<(u16, String)>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let fut = async {
         let stream = TcpStream::connect(addr).await.ok()?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -62,6 +71,18 @@ pub async fn post(url: &str) -> Option<(u16, String)> {
         .body(Empty::new())
         .ok()?;
     send(addr, req).await
+}
+
+/// POSTs `body` as JSON to `url`.
+pub async fn post_json(url: &str, body: &serde_json::Value) -> Option<(u16, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let addr = authority_addr(&uri)?;
+    let req = Request::post(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(http::header::HOST, uri.authority()?.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .ok()?;
+    send_body(addr, req).await
 }
 
 /// GETs `url` through the HTTP proxy at `proxy` (`http://ip:port`), as

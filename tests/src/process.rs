@@ -109,14 +109,13 @@ pub struct Controller {
 impl Controller {
     /// Starts `mesh-controller` on `file` with fresh ports and waits until ready.
     pub async fn start(file: &Path, log_dir: &Path) -> Controller {
-        Self::start_on(
-            file,
-            log_dir,
-            crate::free_addr(),
-            crate::free_addr(),
-            crate::free_addr(),
-        )
-        .await
+        Self::start_with(file, log_dir, &[]).await
+    }
+
+    /// Like [`Controller::start`], with extra controller flags.
+    pub async fn start_with(file: &Path, log_dir: &Path, extra: &[&str]) -> Controller {
+        let (xds, admin, secure) = (crate::free_addr(), crate::free_addr(), crate::free_addr());
+        Self::start_on(file, log_dir, xds, admin, secure, extra).await
     }
 
     /// Starts `mesh-controller` on `file` at the given addresses and waits until ready.
@@ -126,8 +125,9 @@ impl Controller {
         xds: SocketAddr,
         admin: SocketAddr,
         secure: SocketAddr,
+        extra: &[&str],
     ) -> Controller {
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "--registry".into(),
             "file".into(),
             "--file".into(),
@@ -144,6 +144,7 @@ impl Controller {
             "--secure-xds-addr".into(),
             secure.to_string(),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::start("controller", &bin("mesh-controller"), &args, log_dir);
         let c = Controller {
             proc,
@@ -163,6 +164,32 @@ impl Controller {
     /// `http://<xds>` for proxies.
     pub fn xds_url(&self) -> String {
         format!("http://{}", self.xds)
+    }
+
+    /// `https://<secure>` for sidecars with an identity.
+    pub fn secure_url(&self) -> String {
+        format!("https://{}", self.secure)
+    }
+
+    /// A join token for `service_account` in `namespace`, from the admin API.
+    pub async fn token(&self, namespace: &str, service_account: &str) -> String {
+        let body = serde_json::json!({"namespace": namespace, "service_account": service_account});
+        let url = format!("http://{}/tokens", self.admin);
+        let (status, text) = crate::http::post_json(&url, &body)
+            .await
+            .expect("admin reachable");
+        assert_eq!(status, 200, "POST /tokens: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("token JSON");
+        v["token"].as_str().expect("token field").to_string()
+    }
+
+    /// The trust bundle (PEM) sidecars verify the controller with.
+    pub async fn bundle(&self) -> String {
+        let (status, pem) = crate::http::get(&format!("http://{}/ca/bundle", self.admin))
+            .await
+            .expect("admin reachable");
+        assert_eq!(status, 200, "GET /ca/bundle: {pem}");
+        pem
     }
 
     /// GETs an admin path and parses it as JSON.
@@ -210,6 +237,32 @@ impl Sidecar {
             log_dir,
         );
         Sidecar { proc, ip }
+    }
+
+    /// Starts `mesh-proxy` for `workload` with an identity: a join token for
+    /// `service_account` and the controller's trust bundle, over the TLS port.
+    pub async fn start_secure(
+        workload: &str,
+        service_account: &str,
+        ip: std::net::IpAddr,
+        controller: &Controller,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Sidecar {
+        let token = log_dir.join(format!("{workload}.token"));
+        std::fs::write(&token, controller.token("default", service_account).await)
+            .expect("write token");
+        let anchors = log_dir.join("trust-anchors.pem");
+        std::fs::write(&anchors, controller.bundle().await).expect("write anchors");
+        let mut args: Vec<String> = vec![
+            "--token-file".into(),
+            token.display().to_string(),
+            "--trust-anchors".into(),
+            anchors.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Sidecar::start(workload, ip, &controller.secure_url(), &args, log_dir)
     }
 
     /// `http://<ip>:15001`, for use as an HTTP proxy.

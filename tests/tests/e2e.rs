@@ -108,7 +108,7 @@ impl World {
             mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w)
         };
         std::fs::write(&file, world_yaml(&catalog)).unwrap();
-        let controller = Controller::start_on(&file, &dir, xds, admin, secure).await;
+        let controller = Controller::start_on(&file, &dir, xds, admin, secure, &[]).await;
         let client = Sidecar::start("frontend-1", client_ip, &xds_url, extra_args, &dir);
         client.wait_ready().await;
         for i in &catalog {
@@ -207,7 +207,8 @@ async fn traffic_and_changes(extra: &[&'static str]) {
 
     // Controller back with a changed file: the proxy reconnects and resyncs.
     w.write(&w.yaml(&["catalog-1", "catalog-2", "catalog-3"]));
-    w.controller = Controller::start_on(&w.dir.join("mesh.yaml"), &w.dir, xds, admin, secure).await;
+    w.controller =
+        Controller::start_on(&w.dir.join("mesh.yaml"), &w.dir, xds, admin, secure, &[]).await;
     w.wait_spread(
         "resync after controller restart",
         &["catalog-1", "catalog-2", "catalog-3"],
