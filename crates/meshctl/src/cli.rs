@@ -3,8 +3,11 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::controller::ControllerFlag;
 
 /// `meshctl`: operate the mesh, or run it locally with `meshctl up`.
 #[derive(Debug, Parser)]
@@ -25,6 +28,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a whole mesh on this machine: controller, sidecars and apps from a mesh file.
     Up(UpArgs),
+    /// Join tokens that let a sidecar obtain its workload certificate.
+    Token(TokenArgs),
+    /// Show what one sidecar holds: its certificate and trust bundle, or its xDS config.
+    ProxyConfig(ProxyConfigArgs),
+    /// Check the mesh's health: controller, certificates and root expiry, proxy sync.
+    Check(CheckArgs),
     /// Run the control plane (takes `mesh-controller`'s flags).
     #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
     Controller(PassThrough),
@@ -57,6 +66,13 @@ pub struct UpArgs {
     /// The controller's plaintext xDS port on 127.0.0.1.
     #[arg(long, default_value_t = 15010)]
     pub xds_port: u16,
+    /// The controller's TLS xDS + identity port on 127.0.0.1, which the sidecars use.
+    #[arg(long, default_value_t = 15012)]
+    pub secure_port: u16,
+    /// Run without identities: no certificates, plaintext between sidecars (the
+    /// mTLS-less development mode; the default is mTLS, STRICT).
+    #[arg(long)]
+    pub plaintext: bool,
     /// The controller's admin port on 127.0.0.1.
     #[arg(long, default_value_t = 15014)]
     pub admin_port: u16,
@@ -75,6 +91,124 @@ pub struct UpArgs {
     /// Stream every process's output to stderr too (it always goes to the run dir).
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+/// `meshctl token ...`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// What to do with tokens.
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The token subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Ask the controller for a join token; prints only the token (for `$(...)`).
+    Create(TokenCreateArgs),
+}
+
+/// How `token create` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenOutput {
+    /// Just the token.
+    Token,
+    /// `{"token", "identity"}`.
+    Json,
+}
+
+/// Flags of `meshctl token create`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreateArgs {
+    /// The namespace of the identity the token certifies.
+    #[arg(short = 'n', long)]
+    pub namespace: String,
+    /// The service account of the identity the token certifies.
+    #[arg(long = "service-account", visible_alias = "sa")]
+    pub service_account: String,
+    /// How long the token is valid ("24h", "30m", "7d"); the controller's default
+    /// (24h) when omitted.
+    #[arg(long, value_name = "DURATION", value_parser = mesh_controller::config::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "token")]
+    pub output: TokenOutput,
+    /// The controller's admin API.
+    #[command(flatten)]
+    pub controller: ControllerFlag,
+}
+
+/// Table for people, JSON for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// The raw section of the config dump.
+    Json,
+}
+
+/// Which part of a sidecar's `/config_dump` to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    /// The workload certificate (SPIFFE ID, serial, validity, chain) and trust bundle.
+    #[value(alias = "secret")]
+    Secrets,
+    /// CDS: the clusters.
+    #[value(alias = "cluster")]
+    Clusters,
+    /// LDS: the listeners.
+    #[value(alias = "listener")]
+    Listeners,
+    /// RDS: the route configurations.
+    #[value(alias = "route")]
+    Routes,
+    /// EDS: the endpoints of each cluster.
+    #[value(alias = "endpoint")]
+    Endpoints,
+    /// Everything.
+    All,
+}
+
+impl Section {
+    /// The section's key in `/config_dump`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Section::Secrets => "secrets",
+            Section::Clusters => "clusters",
+            Section::Listeners => "listeners",
+            Section::Routes => "routes",
+            Section::Endpoints => "endpoints",
+            Section::All => "",
+        }
+    }
+}
+
+/// Flags of `meshctl proxy-config`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyConfigArgs {
+    /// The proxy: node id (`catalog-1.default`), workload name (`catalog-1`, with
+    /// `-n`), or admin address (`127.0.1.2:15000`).
+    pub proxy: String,
+    /// What to show.
+    #[arg(value_enum)]
+    pub section: Section,
+    /// The namespace of a bare workload name.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// The controller's admin API (to find the proxy's admin address).
+    #[command(flatten)]
+    pub controller: ControllerFlag,
+}
+
+/// Flags of `meshctl check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The controller's admin API.
+    #[command(flatten)]
+    pub controller: ControllerFlag,
 }
 
 /// Flags of `meshctl demo-app`.
@@ -144,6 +278,65 @@ mod tests {
         };
         assert_eq!(up.file, Some(PathBuf::from("x.yaml")));
         assert_eq!(up.duration, Some(5));
-        assert_eq!((up.xds_port, up.admin_port), (15010, 15014));
+        assert_eq!(
+            (up.xds_port, up.secure_port, up.admin_port),
+            (15010, 15012, 15014)
+        );
+        assert!(!up.plaintext);
+    }
+
+    #[test]
+    fn token_create_flags() {
+        let cli = Cli::parse_from([
+            "meshctl",
+            "token",
+            "create",
+            "-n",
+            "shop",
+            "--service-account",
+            "web",
+            "--ttl",
+            "1h30m",
+            "--controller",
+            "127.0.0.1:9",
+        ]);
+        let Command::Token(TokenArgs {
+            command: TokenCommand::Create(t),
+        }) = cli.command
+        else {
+            panic!("not token create")
+        };
+        assert_eq!(
+            (t.namespace.as_str(), t.service_account.as_str()),
+            ("shop", "web")
+        );
+        assert_eq!(t.ttl, Some(Duration::from_secs(5400)));
+        assert_eq!(t.controller.controller, "127.0.0.1:9");
+        assert_eq!(t.output, TokenOutput::Token);
+        assert!(
+            Cli::try_parse_from([
+                "meshctl", "token", "create", "-n", "a", "--sa", "b", "--ttl", "5x"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn proxy_config_flags() {
+        let cli = Cli::parse_from([
+            "meshctl",
+            "proxy-config",
+            "catalog-1",
+            "secret",
+            "-o",
+            "json",
+        ]);
+        let Command::ProxyConfig(p) = cli.command else {
+            panic!("not proxy-config")
+        };
+        assert_eq!(p.proxy, "catalog-1");
+        assert_eq!(p.section, Section::Secrets);
+        assert_eq!(p.output, OutputFormat::Json);
+        assert_eq!(p.namespace, "default");
     }
 }

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http::{Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,7 +45,7 @@ pub struct Reply {
 /// A cheaply clonable client, direct or through one HTTP proxy.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<ProxyConnector, Empty<Bytes>>,
+    inner: Client<ProxyConnector, Full<Bytes>>,
     proxied: bool,
 }
 
@@ -95,6 +95,36 @@ impl HttpClient {
 
     /// GETs `url` and reads the whole body, all within `timeout`.
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<Reply, ClientError> {
+        self.request(Method::GET, url, None, timeout).await
+    }
+
+    /// POSTs a JSON body to `url` and reads the whole answer, all within `timeout`:
+    /// what the controller's admin API (`POST /tokens`) takes.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        let bytes = Bytes::from(body.to_string());
+        self.request(
+            Method::POST,
+            url,
+            Some(("application/json", bytes)),
+            timeout,
+        )
+        .await
+    }
+
+    /// Sends one request (with an optional `(content type, body)`) and reads the
+    /// whole answer, all within `timeout`.
+    pub async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<(&str, Bytes)>,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
         let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
             ClientError::InvalidUrl(url.into(), e.to_string())
         })?;
@@ -104,8 +134,16 @@ impl HttpClient {
                 "only absolute http:// URLs are supported".into(),
             ));
         }
-        let request = Request::get(uri)
-            .body(Empty::new())
+        let mut builder = Request::builder().method(method).uri(uri);
+        let body = match body {
+            Some((content_type, bytes)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                Full::new(bytes)
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = builder
+            .body(body)
             .map_err(|e| ClientError::InvalidUrl(url.into(), e.to_string()))?;
         let exchange = async {
             let response = self
@@ -231,9 +269,30 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
+            // Read the head and then as much body as content-length announces.
+            let mut got = Vec::new();
             let mut buf = vec![0u8; 4096];
-            let n = sock.read(&mut buf).await.unwrap();
-            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_string)
+                    })
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if n == 0 || got.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&got).to_string();
             sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await
                 .unwrap();
@@ -261,6 +320,32 @@ mod tests {
             head.to_lowercase().contains("host: catalog.default:8080"),
             "{head}"
         );
+    }
+
+    #[tokio::test]
+    async fn post_sends_json_with_its_content_type() {
+        let (proxy, task) = fake_proxy().await;
+        let client = HttpClient::via_proxy(&proxy).unwrap();
+        let reply = client
+            .post_json(
+                "http://ctl:15014/tokens",
+                &serde_json::json!({"namespace": "a"}),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        let head = task.await.unwrap();
+        assert!(
+            head.starts_with("POST http://ctl:15014/tokens HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        assert!(head.ends_with(r#"{"namespace":"a"}"#), "{head}");
     }
 
     #[test]

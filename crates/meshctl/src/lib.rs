@@ -5,20 +5,25 @@
 //! nothing but itself.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod cli;
+pub mod controller;
 pub mod demo_app;
+pub mod format;
 pub mod http_client;
 pub mod load;
 pub mod prom;
+pub mod proxy_config;
 pub mod signals;
 pub mod stat;
+pub mod token;
 pub mod up;
 
 use std::ffi::OsString;
 
 use clap::Parser as _;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, TokenCommand};
 
 /// The demo mesh `meshctl up` runs when no file is given.
 pub const DEMO_MESH: &str = include_str!("../../../deploy/local/demo.yaml");
@@ -48,6 +53,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing("warn");
             runtime()?.block_on(up::run(args))
         }
+        Command::Token(args) => match args.command {
+            TokenCommand::Create(args) => {
+                init_tracing("warn");
+                current_thread()?.block_on(token::create(args))
+            }
+        },
+        Command::ProxyConfig(args) => {
+            init_tracing("warn");
+            current_thread()?.block_on(proxy_config::run(args))
+        }
+        Command::Check(args) => {
+            init_tracing("warn");
+            current_thread()?.block_on(check::run(args))
+        }
         Command::DemoApp(args) => {
             up::process::exit_with_parent();
             init_tracing("info");
@@ -67,6 +86,13 @@ fn with_argv0(argv0: &str, args: Vec<OsString>) -> impl Iterator<Item = OsString
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A one-thread runtime for the short operator commands: nothing to parallelise.
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }

@@ -3,7 +3,8 @@
 //! Used by `meshctl up`'s live view and meant for `meshctl stat`: both scrape sidecars'
 //! `/metrics` pages, so the numbers are computed here rather than by a Prometheus server.
 //! Only `reporter="destination"` series count, so each request is counted once, by the
-//! sidecar that received it.
+//! sidecar that received it. MTLS is the share of requests that arrived over mutual
+//! TLS (`connection_security_policy="mutual_tls"`), as the receiving sidecar saw it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,6 +14,7 @@ use crate::prom::Sample;
 
 const REQUESTS: &str = "mesh_requests_total";
 const BUCKETS: &str = "mesh_request_duration_seconds_bucket";
+const MUTUAL_TLS: &str = "mutual_tls";
 
 /// Cumulative counts for one service as seen by one sidecar (or summed over several).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +23,8 @@ pub struct ServiceCounts {
     pub requests: f64,
     /// Requests answered with anything but a 5xx.
     pub success: f64,
+    /// Requests that arrived over mutual TLS (`connection_security_policy`).
+    pub mtls: f64,
     /// Cumulative latency histogram: `(upper bound in seconds, count)`, sorted by bound.
     pub buckets: Vec<(f64, f64)>,
 }
@@ -39,6 +43,7 @@ impl ServiceCounts {
     fn add(&mut self, other: &ServiceCounts) {
         self.requests += other.requests;
         self.success += other.success;
+        self.mtls += other.mtls;
         for (le, count) in &other.buckets {
             self.add_bucket(*le, *count);
         }
@@ -65,6 +70,7 @@ impl ServiceCounts {
         ServiceCounts {
             requests: self.requests - earlier.requests,
             success: (self.success - earlier.success).max(0.0),
+            mtls: (self.mtls - earlier.mtls).max(0.0),
             buckets,
         }
     }
@@ -91,6 +97,9 @@ impl Snapshot {
                 counts.requests += s.value;
                 if !s.label("response_code").starts_with('5') {
                     counts.success += s.value;
+                }
+                if s.label("connection_security_policy") == MUTUAL_TLS {
+                    counts.mtls += s.value;
                 }
             } else if s.name == BUCKETS {
                 let Some(le) = crate::prom::parse_value(s.label("le")) else {
@@ -158,6 +167,9 @@ pub struct Row {
     pub p50: Option<f64>,
     /// 99th percentile latency in seconds.
     pub p99: Option<f64>,
+    /// Fraction (0-1) of requests that arrived over mutual TLS; `None` with no
+    /// requests.
+    pub mtls: Option<f64>,
 }
 
 /// Computes the table rows.
@@ -191,6 +203,7 @@ pub fn rows(earlier: Option<&MeshSnapshot>, now: &MeshSnapshot, elapsed: Duratio
             let secs = elapsed.as_secs_f64();
             let rps = (earlier.is_some() && secs > 0.0).then(|| w.requests / secs);
             let success = (w.requests > 0.0).then(|| w.success / w.requests);
+            let mtls = (w.requests > 0.0).then(|| w.mtls / w.requests);
             Row {
                 service: short_name(service),
                 requests: total.requests,
@@ -198,6 +211,7 @@ pub fn rows(earlier: Option<&MeshSnapshot>, now: &MeshSnapshot, elapsed: Duratio
                 rps,
                 p50: histogram_quantile(0.5, &w.buckets),
                 p99: histogram_quantile(0.99, &w.buckets),
+                mtls,
             }
         })
         .collect()
@@ -250,8 +264,10 @@ pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
 
 /// Renders rows as an aligned table with a header, one service per line.
 pub fn render(rows: &[Row]) -> String {
-    let header = ["SERVICE", "REQUESTS", "SUCCESS", "RPS", "P50", "P99"];
-    let cells: Vec<[String; 6]> = rows
+    let header = [
+        "SERVICE", "REQUESTS", "SUCCESS", "RPS", "P50", "P99", "MTLS",
+    ];
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -262,6 +278,7 @@ pub fn render(rows: &[Row]) -> String {
                 r.rps.map_or("-".into(), |v| format!("{v:.1}")),
                 r.p50.map_or("-".into(), format_latency),
                 r.p99.map_or("-".into(), format_latency),
+                r.mtls.map_or("-".into(), |m| format!("{:.0}%", m * 100.0)),
             ]
         })
         .collect();
@@ -272,7 +289,7 @@ pub fn render(rows: &[Row]) -> String {
         }
     }
     let mut out = String::new();
-    let mut line = |cols: [&str; 6]| {
+    let mut line = |cols: [&str; 7]| {
         let mut text = String::new();
         for (i, (col, w)) in cols.iter().zip(widths).enumerate() {
             if i == 0 {
@@ -286,7 +303,9 @@ pub fn render(rows: &[Row]) -> String {
     };
     line(header);
     for row in &cells {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+        line([
+            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6],
+        ]);
     }
     out
 }
@@ -343,8 +362,8 @@ mod tests {
     }
 
     const PAGE: &str = r#"
-mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="200"} 90
-mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="503"} 10
+mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="200",connection_security_policy="mutual_tls"} 90
+mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="503",connection_security_policy="none"} 10
 mesh_requests_total{reporter="source",destination_service="orders.default.svc.cluster.local",response_code="200"} 1000
 mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",le="0.01"} 50
 mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",le="0.1"} 100
@@ -367,6 +386,7 @@ mesh_request_duration_seconds_bucket{reporter="destination",destination_service=
         assert_eq!(r.service, "catalog.default");
         assert_eq!(r.requests, 200.0);
         assert!(close(r.success, 0.9));
+        assert!(close(r.mtls, 0.9));
         assert_eq!(r.rps, None);
         assert!(close(r.p50, 0.01));
     }
@@ -384,6 +404,8 @@ mesh_request_duration_seconds_bucket{reporter="destination",destination_service=
         // Window: 30 from a, 6 from b, all successes.
         assert!(close(r.rps, 12.0), "{r:?}");
         assert!(close(r.success, 1.0), "{r:?}");
+        // a's 30 new requests were mutual TLS; b's 6 carried no policy label.
+        assert!(close(r.mtls, 30.0 / 36.0), "{r:?}");
         // a's 30 new requests all landed in (0.01, 0.1].
         assert!(close(r.p50, 0.01 + 0.09 * 0.5), "{r:?}");
     }
@@ -398,6 +420,7 @@ mesh_request_duration_seconds_bucket{reporter="destination",destination_service=
                 rps: Some(20.04),
                 p50: Some(0.0012),
                 p99: Some(0.0000456),
+                mtls: Some(1.0),
             },
             Row {
                 service: "frontend.default".into(),
@@ -406,13 +429,14 @@ mesh_request_duration_seconds_bucket{reporter="destination",destination_service=
                 rps: None,
                 p50: None,
                 p99: Some(1.5),
+                mtls: None,
             },
         ];
         let table = render(&rows);
         let expected = "\
-SERVICE           REQUESTS  SUCCESS   RPS    P50    P99
-catalog.default       1234   99.50%  20.0  1.2ms   46us
-frontend.default         0        -     -      -  1.50s
+SERVICE           REQUESTS  SUCCESS   RPS    P50    P99  MTLS
+catalog.default       1234   99.50%  20.0  1.2ms   46us  100%
+frontend.default         0        -     -      -  1.50s     -
 ";
         assert_eq!(table, expected);
     }

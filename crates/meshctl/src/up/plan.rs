@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use mesh_model::{Model, ModelOptions, Object};
+use mesh_model::{Model, ModelOptions, MtlsMode, Object};
 
 /// A program and its arguments and environment changes (on top of meshctl's own).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,11 @@ pub struct PlannedWorkload {
     pub port: Option<u16>,
     /// Whether it gets a sidecar: meshed namespace and not annotated out.
     pub injected: bool,
+    /// Its service account: the identity its sidecar's token and certificate carry.
+    pub service_account: String,
+    /// Whether its inbound side refuses plaintext (annotation, else namespace's,
+    /// else STRICT).
+    pub mtls_mode: MtlsMode,
     /// The app's argv as written (may be empty: sidecar only).
     pub command: Vec<String>,
     /// The app's extra environment as written.
@@ -95,10 +100,27 @@ pub fn workloads(objects: &[Object]) -> Vec<PlannedWorkload> {
             address: w.address.expect("addresses are assigned before planning"),
             port: w.ports.first().map(|p| p.port),
             injected: model.is_meshed(&w.namespace) && w.is_injected(),
+            service_account: w.service_account.clone(),
+            mtls_mode: model.mtls_mode(w),
             command: w.command.clone(),
             env: w.env.clone(),
         })
         .collect()
+}
+
+/// How the mesh `up` runs is secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// Identities on: the controller runs its CA from `ca_dir` and serves xDS and
+    /// `Certify` over TLS at `secure`; sidecars certify with join tokens.
+    Mtls {
+        /// The controller's TLS xDS address.
+        secure: SocketAddr,
+        /// Where the CA and the token signing key live for this run.
+        ca_dir: PathBuf,
+    },
+    /// No identities (`--plaintext`): the TLS port is off, sidecars talk plaintext.
+    Plaintext,
 }
 
 /// The controller, watching the resolved mesh file.
@@ -107,8 +129,9 @@ pub fn controller(
     file: &Path,
     xds: SocketAddr,
     admin: SocketAddr,
+    security: &Security,
 ) -> CommandSpec {
-    launcher.command(vec![
+    let mut args: Vec<String> = vec![
         "--registry".into(),
         "file".into(),
         "--file".into(),
@@ -117,21 +140,96 @@ pub fn controller(
         xds.to_string(),
         "--admin-addr".into(),
         admin.to_string(),
-    ])
+    ];
+    match security {
+        Security::Mtls { secure, ca_dir } => args.extend([
+            "--secure-xds-addr".into(),
+            secure.to_string(),
+            "--ca-dir".into(),
+            ca_dir.display().to_string(),
+        ]),
+        Security::Plaintext => args.push("--no-secure".into()),
+    }
+    launcher.command(args)
 }
 
-/// A workload's sidecar, bound to the workload's own address.
-pub fn sidecar(launcher: &Launcher, xds: SocketAddr, w: &PlannedWorkload) -> CommandSpec {
-    launcher.command(vec![
-        "--xds-addr".into(),
-        format!("http://{xds}"),
+/// What a sidecar needs to obtain its certificate: files, never argv, so the token
+/// does not show in `ps`. The sidecar re-reads the token file before every
+/// certificate request, so a restarted sidecar certifies again from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarIdentity {
+    /// The controller's TLS address.
+    pub secure: SocketAddr,
+    /// The join token (mode 0600).
+    pub token_file: PathBuf,
+    /// The controller's trust bundle (PEM).
+    pub trust_anchors: PathBuf,
+}
+
+/// Where `up` keeps a workload's join token: `<run dir>/<ns>.<name>.token`.
+pub fn token_file(run_dir: &Path, w: &PlannedWorkload) -> PathBuf {
+    run_dir.join(format!("{}.{}.token", w.namespace, w.name))
+}
+
+/// A workload's sidecar, bound to the workload's own address: over TLS with an
+/// identity, or plaintext to `xds` without one.
+pub fn sidecar(
+    launcher: &Launcher,
+    xds: SocketAddr,
+    w: &PlannedWorkload,
+    identity: Option<&SidecarIdentity>,
+) -> CommandSpec {
+    let mut args: Vec<String> = match identity {
+        Some(id) => vec![
+            "--xds-addr".into(),
+            format!("https://{}", id.secure),
+            "--trust-anchors".into(),
+            id.trust_anchors.display().to_string(),
+            "--token-file".into(),
+            id.token_file.display().to_string(),
+        ],
+        None => vec!["--xds-addr".into(), format!("http://{xds}")],
+    };
+    args.extend([
         "--workload".into(),
         w.name.clone(),
         "--namespace".into(),
         w.namespace.clone(),
         "--ip".into(),
         w.address.to_string(),
-    ])
+    ]);
+    let mut spec = launcher.command(args);
+    // A token in meshctl's own environment must not override the file.
+    spec.env_remove
+        .extend(["MESH_TOKEN".to_string(), "MESH_TOKEN_FILE".to_string()]);
+    spec
+}
+
+/// The startup line about transport security: every meshed workload's mode, with
+/// the exceptions named when they differ.
+pub fn mtls_summary(workloads: &[PlannedWorkload], security: &Security) -> String {
+    let meshed: Vec<&PlannedWorkload> = workloads.iter().filter(|w| w.injected).collect();
+    if *security == Security::Plaintext {
+        return "mTLS off (--plaintext): sidecars have no identities and talk plaintext".into();
+    }
+    let permissive: Vec<String> = meshed
+        .iter()
+        .filter(|w| w.mtls_mode == MtlsMode::Permissive)
+        .map(|w| w.key())
+        .collect();
+    let mode = if permissive.is_empty() {
+        "mTLS STRICT: plaintext between sidecars is refused".to_string()
+    } else if permissive.len() == meshed.len() {
+        "mTLS PERMISSIVE: sidecars accept mTLS and plaintext".to_string()
+    } else {
+        format!(
+            "mTLS STRICT (PERMISSIVE for {}): plaintext between sidecars is refused",
+            permissive.join(", ")
+        )
+    };
+    format!(
+        "{mode}; every sidecar gets a SPIFFE certificate for its service account from the controller's CA"
+    )
 }
 
 /// The app's argv: `meshctl` as argv\[0\] means this very binary, so demos work without
@@ -273,19 +371,68 @@ spec: {address: 127.0.1.3, serviceAccount: c}
         let exe = Path::new("/x/meshctl");
         let xds: SocketAddr = "127.0.0.1:15010".parse().unwrap();
         let admin: SocketAddr = "127.0.0.1:15014".parse().unwrap();
+        let secure: SocketAddr = "127.0.0.1:15012".parse().unwrap();
         let own = Launcher::new(exe, "controller", None);
-        let c = controller(&own, Path::new("/tmp/r/mesh.yaml"), xds, admin);
+        let mtls = Security::Mtls {
+            secure,
+            ca_dir: "/tmp/r/ca".into(),
+        };
+        let c = controller(&own, Path::new("/tmp/r/mesh.yaml"), xds, admin, &mtls);
         assert_eq!(c.program, exe);
         assert_eq!(
             c.args.join(" "),
-            "controller --registry file --file /tmp/r/mesh.yaml --xds-addr 127.0.0.1:15010 --admin-addr 127.0.0.1:15014"
+            "controller --registry file --file /tmp/r/mesh.yaml --xds-addr 127.0.0.1:15010 --admin-addr 127.0.0.1:15014 --secure-xds-addr 127.0.0.1:15012 --ca-dir /tmp/r/ca"
         );
+        let c = controller(&own, Path::new("m.yaml"), xds, admin, &Security::Plaintext);
+        assert!(c.args.join(" ").ends_with(" --no-secure"), "{:?}", c.args);
+
         let real = Launcher::new(exe, "proxy", Some(Path::new("/bin/mesh-proxy")));
-        let s = sidecar(&real, xds, &planned()[0]);
+        let w = &planned()[0];
+        let s = sidecar(&real, xds, w, None);
         assert_eq!(s.program, PathBuf::from("/bin/mesh-proxy"));
         assert_eq!(
             s.args.join(" "),
             "--xds-addr http://127.0.0.1:15010 --workload a-1 --namespace default --ip 127.0.1.1"
         );
+        let id = SidecarIdentity {
+            secure,
+            token_file: token_file(Path::new("/tmp/r"), w),
+            trust_anchors: "/tmp/r/trust-anchors.pem".into(),
+        };
+        let s = sidecar(&real, xds, w, Some(&id));
+        assert_eq!(
+            s.args.join(" "),
+            "--xds-addr https://127.0.0.1:15012 --trust-anchors /tmp/r/trust-anchors.pem --token-file /tmp/r/default.a-1.token --workload a-1 --namespace default --ip 127.0.1.1"
+        );
+        assert!(s.env_remove.contains(&"MESH_TOKEN".to_string()));
+        assert!(
+            !s.args.iter().any(|a| a == "--token"),
+            "never the token itself"
+        );
+    }
+
+    #[test]
+    fn identities_and_modes_are_planned() {
+        let w = planned();
+        assert_eq!(w[0].service_account, "a");
+        assert_eq!(w[0].mtls_mode, MtlsMode::Strict);
+        let secure: SocketAddr = "127.0.0.1:15012".parse().unwrap();
+        let mtls = Security::Mtls {
+            secure,
+            ca_dir: "/ca".into(),
+        };
+        assert!(mtls_summary(&w, &mtls).starts_with("mTLS STRICT: "));
+        let mut mixed = w.clone();
+        mixed.push(PlannedWorkload {
+            name: "z-1".into(),
+            mtls_mode: MtlsMode::Permissive,
+            ..w[0].clone()
+        });
+        assert!(
+            mtls_summary(&mixed, &mtls).starts_with("mTLS STRICT (PERMISSIVE for default/z-1): "),
+            "{}",
+            mtls_summary(&mixed, &mtls)
+        );
+        assert!(mtls_summary(&w, &Security::Plaintext).starts_with("mTLS off"));
     }
 }
