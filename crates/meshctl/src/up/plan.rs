@@ -142,11 +142,14 @@ pub fn controller(
         admin.to_string(),
     ];
     match security {
+        // With identities on, every sidecar uses the TLS port: the plaintext port,
+        // which binds nothing to a certificate, is switched off.
         Security::Mtls { secure, ca_dir } => args.extend([
             "--secure-xds-addr".into(),
             secure.to_string(),
             "--ca-dir".into(),
             ca_dir.display().to_string(),
+            "--no-plaintext-xds".into(),
         ]),
         Security::Plaintext => args.push("--no-secure".into()),
     }
@@ -381,7 +384,7 @@ spec: {address: 127.0.1.3, serviceAccount: c}
         assert_eq!(c.program, exe);
         assert_eq!(
             c.args.join(" "),
-            "controller --registry file --file /tmp/r/mesh.yaml --xds-addr 127.0.0.1:15010 --admin-addr 127.0.0.1:15014 --secure-xds-addr 127.0.0.1:15012 --ca-dir /tmp/r/ca"
+            "controller --registry file --file /tmp/r/mesh.yaml --xds-addr 127.0.0.1:15010 --admin-addr 127.0.0.1:15014 --secure-xds-addr 127.0.0.1:15012 --ca-dir /tmp/r/ca --no-plaintext-xds"
         );
         let c = controller(&own, Path::new("m.yaml"), xds, admin, &Security::Plaintext);
         assert!(c.args.join(" ").ends_with(" --no-secure"), "{:?}", c.args);
