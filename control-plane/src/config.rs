@@ -9,6 +9,9 @@ use std::time::Duration;
 pub enum RegistryKind {
     /// A multi-document YAML file, watched for changes.
     File,
+    /// A Kubernetes cluster: Namespaces, Services, EndpointSlices, Pods and the
+    /// mesh's custom resources, watched through the API server.
+    Kubernetes,
 }
 
 /// Command-line settings of `mesh-controller`.
@@ -21,6 +24,23 @@ pub struct ControllerArgs {
     /// The mesh file (with `--registry file`).
     #[arg(long, required_if_eq("registry", "file"))]
     pub file: Option<PathBuf>,
+    /// Kubeconfig for `--registry kubernetes`; without it `$KUBECONFIG`,
+    /// `~/.kube/config`, then the in-cluster service account are tried.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The audience a Kubernetes service-account token must be issued for to be
+    /// accepted by `Certify` (checked with a TokenReview; `--registry kubernetes`
+    /// only). A dedicated audience keeps API-server tokens from being replayed here.
+    #[arg(long, default_value = "mesh")]
+    pub token_audience: String,
+    /// HTTPS address of the sidecar-injection admission webhook; "" (the default)
+    /// switches it off.
+    #[arg(long, default_value = "", value_parser = parse_optional_addr)]
+    pub webhook_addr: OptionalAddr,
+    /// What the webhook injects (`--proxy-image`, `--init-image`,
+    /// `--image-pull-policy`, `--injected-xds-addr`).
+    #[command(flatten)]
+    pub inject: crate::inject::InjectFlags,
     /// Plaintext xDS + identity gRPC address (loopback and tests only); "" disables it.
     #[arg(long, default_value = "127.0.0.1:15010", value_parser = parse_optional_addr)]
     pub xds_addr: OptionalAddr,
@@ -174,5 +194,23 @@ mod tests {
         ]));
         assert_eq!((a.plaintext_addr(), a.secure_addr()), (None, None));
         assert!(ControllerArgs::try_parse_from(base.iter().chain(&["--ca-cert", "x"])).is_err());
+    }
+
+    #[test]
+    fn kubernetes_registry_needs_no_file() {
+        let a = ControllerArgs::parse_from(["mesh-controller", "--registry", "kubernetes"]);
+        assert_eq!(a.registry, RegistryKind::Kubernetes);
+        assert_eq!((a.kubeconfig, a.token_audience.as_str()), (None, "mesh"));
+        let a = ControllerArgs::parse_from([
+            "mesh-controller",
+            "--registry",
+            "kubernetes",
+            "--kubeconfig",
+            "/tmp/kc",
+            "--token-audience",
+            "mesh-test",
+        ]);
+        assert_eq!(a.kubeconfig, Some(PathBuf::from("/tmp/kc")));
+        assert_eq!(a.token_audience, "mesh-test");
     }
 }

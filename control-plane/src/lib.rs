@@ -9,10 +9,12 @@
 pub mod admin;
 pub mod config;
 pub mod identity;
+pub mod inject;
 pub mod metrics;
 pub mod publish;
 pub mod registry;
 pub mod secure;
+pub mod webhook;
 pub mod xds;
 
 use std::sync::Arc;
@@ -43,6 +45,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         trust_domain: args.trust_domain.clone(),
     };
+    // With the Kubernetes registry, one client serves the watchers and TokenReview.
+    let mut kube_client = None;
     let registry = match args.registry {
         RegistryKind::File => {
             let file = args
@@ -51,7 +55,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 .context("--registry file needs --file PATH")?;
             registry::file::start(file, options, metrics.clone())?
         }
+        RegistryKind::Kubernetes => {
+            let client = registry::kubernetes::client(args.kubeconfig.as_deref()).await?;
+            kube_client = Some(client.clone());
+            registry::kubernetes::start(client, options, metrics.clone()).await?
+        }
     };
+    let mut certify = identity::certify::CertifyService::new(authority.clone());
+    if let Some(client) = &kube_client {
+        tracing::info!(audience = %args.token_audience, "Certify accepts Kubernetes service-account tokens (TokenReview)");
+        certify = certify.with_token_review(identity::certify::TokenReviewer::new(
+            client.clone(),
+            &args.token_audience,
+            authority.trust_domain(),
+        ));
+    }
     let snapshots = publish::start(
         registry.clone(),
         authority.bundle(),
@@ -89,7 +107,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(ads.into_service())
-        .add_service(identity::certify::CertifyService::new(authority.clone()).into_service());
+        .add_service(certify.into_service());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -130,6 +148,32 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
     if authority.source() == identity::CaSource::Directory {
         authority.resume_rotation(sync.clone(), snapshots.clone())?;
+    }
+    if let Some(addr) = args.webhook_addr.0 {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for the injection webhook on {addr}"))?;
+        let mut settings = args.inject.settings();
+        settings.token_audience = args.token_audience.clone();
+        let lookup = kube_client
+            .is_some()
+            .then(|| webhook::registry_lookup(registry.clone()));
+        tokio::spawn(webhook::serve(
+            listener,
+            identity::serving::start(authority.clone())?,
+            settings,
+            lookup,
+        ));
+        if let Some(client) = &kube_client {
+            tokio::spawn(webhook::keep_ca_bundle(client.clone(), authority.bundle()));
+        }
+    }
+    if let Some(client) = &kube_client {
+        tokio::spawn(webhook::keep_trust_anchors(
+            client.clone(),
+            registry.clone(),
+            authority.bundle(),
+        ));
     }
     tokio::spawn(admin::serve(
         admin_listener,

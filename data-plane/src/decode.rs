@@ -732,12 +732,22 @@ mod tests {
                 workload: ObjectKey::new("shop", "cat-1"),
                 identity: Identity::new("cluster.local", "shop", "cat"),
                 sidecar: true,
+                draining: false,
             },
             Endpoint {
                 address: "10.0.0.2:8080".parse().unwrap(),
                 workload: ObjectKey::new("shop", "cat-2"),
                 identity: Identity::new("cluster.local", "shop", "cat"),
                 sidecar: false,
+                draining: false,
+            },
+            // Terminating in Kubernetes: no new requests.
+            Endpoint {
+                address: "10.0.0.3:8080".parse().unwrap(),
+                workload: ObjectKey::new("shop", "cat-3"),
+                identity: Identity::new("cluster.local", "shop", "cat"),
+                sidecar: true,
+                draining: true,
             },
         ];
         let Decoded::Endpoint(a) = ok(
@@ -747,7 +757,11 @@ mod tests {
             panic!()
         };
         assert_eq!(a.cluster_name, "c:80");
-        assert_eq!(a.endpoints.len(), 2);
+        assert_eq!(
+            a.endpoints.len(),
+            2,
+            "the DRAINING endpoint takes no new requests"
+        );
         assert_eq!(a.endpoints[0].sidecar_port, Some(15006));
         assert_eq!(a.endpoints[0].workload.as_deref(), Some("cat-1"));
         assert_eq!(a.endpoints[0].namespace.as_deref(), Some("shop"));

@@ -407,12 +407,14 @@ pub(crate) mod tests {
                 workload: ObjectKey::new("default", "catalog-1"),
                 identity: Identity::new("cluster.local", "default", "catalog"),
                 sidecar: true,
+                draining: false,
             },
             Endpoint {
                 address: "10.0.0.2:8080".parse().unwrap(),
                 workload: ObjectKey::new("default", "catalog-2"),
                 identity: Identity::new("cluster.local", "default", "catalog"),
                 sidecar: false,
+                draining: false,
             },
         ];
         let cla = [

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod kube_api;
 pub mod process;
 pub mod xds;
 

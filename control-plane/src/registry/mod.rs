@@ -4,6 +4,7 @@
 //! and the last error. A bad update never replaces a good model.
 
 pub mod file;
+pub mod kubernetes;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -14,7 +15,7 @@ use serde::Serialize;
 /// What a registry source currently knows.
 #[derive(Debug, Clone, Serialize)]
 pub struct RegistryState {
-    /// Which source, e.g. `file:/etc/mesh.yaml`.
+    /// Which source, e.g. `file:/etc/mesh.yaml` or `kubernetes`.
     pub source: String,
     /// The last model that loaded without error.
     pub model: Arc<Model>,

@@ -17,10 +17,10 @@ pub use identity::Identity;
 pub use model::{Endpoint, Model, ModelOptions, ServicePortView};
 pub use objects::{
     AuthorizationAction, AuthorizationOperation, AuthorizationPolicy, AuthorizationRule,
-    AuthorizationSource, MtlsMode, Namespace, Object, ObjectKey, Service, ServicePort, TargetPort,
-    Workload, WorkloadPort,
+    AuthorizationSource, ExplicitEndpoint, MtlsMode, Namespace, Object, ObjectKey, Service,
+    ServicePort, TargetPort, Workload, WorkloadPort,
 };
-pub use parse::{parse_documents, render_documents};
+pub use parse::{parse_document, parse_documents, render_documents};
 
 /// The namespace label that puts a namespace's workloads in the mesh.
 pub const INJECT_LABEL: &str = "mesh.io/inject";

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::identity::Identity;
 use crate::objects::{
-    AuthorizationAction, AuthorizationPolicy, MtlsMode, Namespace, Object, ObjectKey, Service,
-    ServicePort, Workload,
+    AuthorizationAction, AuthorizationPolicy, ExplicitEndpoint, MtlsMode, Namespace, Object,
+    ObjectKey, Service, ServicePort, Workload,
 };
 
 /// Settings that shape names derived from the model.
@@ -64,6 +64,9 @@ pub struct Endpoint {
     pub identity: Identity,
     /// Whether a sidecar fronts it (false when the workload opted out).
     pub sidecar: bool,
+    /// Terminating but still serving: proxies send it no new requests but let
+    /// requests already on its connections finish (drained, not cut).
+    pub draining: bool,
 }
 
 /// One port of a meshed service with its resolved endpoints.
@@ -210,12 +213,21 @@ impl Model {
         )
     }
 
-    /// Workloads selected by `service` that have an address and the target port.
+    /// The backends of one service port.
     ///
-    /// A selector with no labels selects nothing (as in Kubernetes, where such a
-    /// service's endpoints are managed by hand).
+    /// With explicit endpoints (Kubernetes EndpointSlices) those decide, see
+    /// [`Model::explicit_endpoints`]. Otherwise: workloads selected by `service`
+    /// that have an address and the target port. A selector with no labels
+    /// selects nothing (as in Kubernetes, where such a service's endpoints are
+    /// managed by hand).
     pub fn endpoints(&self, service: &Service, port: &ServicePort) -> Vec<Endpoint> {
-        if service.selector.is_empty() || !self.is_meshed(&service.namespace) {
+        if !self.is_meshed(&service.namespace) {
+            return Vec::new();
+        }
+        if let Some(explicit) = &service.endpoints {
+            return self.explicit_endpoints(service, explicit, port);
+        }
+        if service.selector.is_empty() {
             return Vec::new();
         }
         self.workloads
@@ -236,9 +248,70 @@ impl Model {
                     workload: ObjectKey::new(&w.namespace, &w.name),
                     identity: self.identity(w),
                     sidecar: w.is_injected(),
+                    draining: false,
                 })
             })
             .collect()
+    }
+
+    /// Endpoints from the registry's explicit list, following Kubernetes'
+    /// EndpointSlice conditions:
+    /// - ready: takes new traffic;
+    /// - not ready but serving and terminating: kept as draining, so requests
+    ///   already on its connections finish while new ones go elsewhere;
+    /// - anything else (starting, failing, terminated): left out.
+    ///
+    /// Identity and sidecar come from the endpoint's workload (the Pod, through
+    /// the slice's `targetRef`); an endpoint whose workload the model does not hold
+    /// is left out, since nobody could verify who answers there. The same address
+    /// listed twice (slices overlap while the EndpointSlice controller rebalances
+    /// them) counts once, as its best state.
+    pub fn explicit_endpoints(
+        &self,
+        service: &Service,
+        explicit: &[ExplicitEndpoint],
+        port: &ServicePort,
+    ) -> Vec<Endpoint> {
+        let port_name = port.name.as_deref().unwrap_or("");
+        let mut by_address: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+        for ep in explicit {
+            let draining = if ep.ready {
+                false
+            } else if ep.serving && ep.terminating {
+                true
+            } else {
+                continue;
+            };
+            let Some(&number) = ep.ports.get(port_name) else {
+                continue;
+            };
+            let Some(workload) = ep.workload.as_deref().and_then(|name| {
+                self.workloads
+                    .get(&ObjectKey::new(&service.namespace, name))
+            }) else {
+                continue;
+            };
+            let address = SocketAddr::new(ep.address, number);
+            let endpoint = Endpoint {
+                address,
+                workload: ObjectKey::new(&workload.namespace, &workload.name),
+                identity: self.identity(workload),
+                sidecar: workload.is_injected(),
+                draining,
+            };
+            by_address
+                .entry(address)
+                .and_modify(|e| {
+                    if e.draining && !draining {
+                        *e = endpoint.clone();
+                    }
+                })
+                .or_insert(endpoint);
+        }
+        let mut endpoints: Vec<Endpoint> = by_address.into_values().collect();
+        // The same order as selector endpoints: by workload, then address.
+        endpoints.sort_by(|a, b| (&a.workload, a.address).cmp(&(&b.workload, b.address)));
+        endpoints
     }
 }
 
@@ -351,5 +424,76 @@ spec: {address: 127.0.1.3, ports: [{name: http, port: 8080}], serviceAccount: ca
         );
         let svc = m.service("default", "a").unwrap();
         assert!(m.endpoints(svc, &svc.ports[0]).is_empty());
+    }
+
+    fn explicit(
+        addr: &str,
+        port: u16,
+        pod: Option<&str>,
+        conds: (bool, bool, bool),
+    ) -> ExplicitEndpoint {
+        ExplicitEndpoint {
+            address: addr.parse().unwrap(),
+            ports: [(String::new(), port)].into_iter().collect(),
+            workload: pod.map(str::to_string),
+            ready: conds.0,
+            serving: conds.1,
+            terminating: conds.2,
+        }
+    }
+
+    #[test]
+    fn explicit_endpoints_follow_conditions_not_selectors() {
+        let mut objects = parse_documents(MESH, "t").unwrap();
+        for o in &mut objects {
+            if let Object::Service(s) = o
+                && s.name == "catalog"
+            {
+                s.ports[0].name = None;
+                s.endpoints = Some(vec![
+                    // ready: active (pod `other` is not selected; slices decide)
+                    explicit("10.0.0.3", 9000, Some("other"), (true, true, false)),
+                    // terminating but serving: draining
+                    explicit("10.0.0.1", 9000, Some("catalog-1"), (false, true, true)),
+                    // not ready, not terminating (starting up): out
+                    explicit("10.0.0.2", 9000, Some("catalog-2"), (false, true, false)),
+                    // terminating and no longer serving: out
+                    explicit("10.0.0.4", 9000, Some("catalog-1"), (false, false, true)),
+                    // unknown pod: out
+                    explicit("10.0.0.5", 9000, Some("ghost"), (true, true, false)),
+                    // no targetRef: out
+                    explicit("10.0.0.6", 9000, None, (true, true, false)),
+                    // the same address twice (overlapping slices): once, best state
+                    explicit("10.0.0.3", 9000, Some("other"), (false, true, true)),
+                ]);
+            }
+        }
+        let m = Model::new(objects, ModelOptions::default());
+        let svc = m.service("shop", "catalog").unwrap();
+        let eps = m.endpoints(svc, &svc.ports[0]);
+        let got: Vec<_> = eps
+            .iter()
+            .map(|e| (e.address.to_string(), e.workload.name.as_str(), e.draining))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:9000".to_string(), "catalog-1", true),
+                ("10.0.0.3:9000".to_string(), "other", false),
+            ]
+        );
+        assert_eq!(
+            eps[0].identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cat",
+            "identity from the pod's service account"
+        );
+        // A port name the slice does not list has no endpoints.
+        let mut named = svc.ports[0].clone();
+        named.name = Some("grpc".into());
+        assert!(m.endpoints(svc, &named).is_empty());
+        // Explicitly empty means none, even though the selector matches workloads.
+        let mut empty = svc.clone();
+        empty.endpoints = Some(Vec::new());
+        assert!(m.endpoints(&empty, &empty.ports[0]).is_empty());
     }
 }

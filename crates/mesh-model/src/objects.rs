@@ -87,6 +87,38 @@ pub struct Service {
     /// The virtual IP that transparent capture maps back to this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_ip: Option<IpAddr>,
+    /// Endpoints a registry knows explicitly (Kubernetes EndpointSlices), which
+    /// then replace selector matching: in a cluster the EndpointSlice controller,
+    /// not the mesh, decides which pods back a service and whether they are ready.
+    /// `None` (the file and etcd sources) means "match workloads by selector";
+    /// `Some(vec![])` means "known to have no endpoints".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<ExplicitEndpoint>>,
+}
+
+/// One endpoint of a service as the registry reports it (a Kubernetes
+/// EndpointSlice entry), with the conditions that decide whether it takes traffic.
+///
+/// Kept close to the EndpointSlice shape so the Kubernetes source stays a plain
+/// mapping; [`crate::Model::endpoints`] applies the rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplicitEndpoint {
+    /// The endpoint's IP (a pod IP).
+    pub address: IpAddr,
+    /// Port on this endpoint per service port name (`""` for an unnamed port):
+    /// the EndpointSlice controller has already resolved named target ports.
+    pub ports: BTreeMap<String, u16>,
+    /// The workload (pod) behind it, in the service's namespace; its service
+    /// account gives the endpoint's identity. Endpoints without a known workload
+    /// are left out: the mesh could not say who must answer there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Ready for new traffic.
+    pub ready: bool,
+    /// Able to serve (set even while terminating).
+    pub serving: bool,
+    /// Shutting down: a serving, terminating endpoint is drained, not cut.
+    pub terminating: bool,
 }
 
 /// One port of a service.

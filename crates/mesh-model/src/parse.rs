@@ -173,6 +173,24 @@ pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelErr
     Ok(objects)
 }
 
+/// Parses one document given as JSON, as an API server returns it.
+///
+/// For registries that hold objects one by one (Kubernetes custom resources,
+/// etcd keys): each object is checked with exactly the rules of the file source,
+/// so a policy means the same wherever it was written. `origin` names the object's
+/// source in the error.
+pub fn parse_document(value: &serde_json::Value, origin: &str) -> Result<Object, ModelError> {
+    let value = serde_yaml::to_value(value)
+        .map_err(|e| ModelError::new(origin, None, ModelErrorKind::Malformed(e.to_string())))?;
+    parse_object(value).map_err(|(kind, object)| {
+        let err = ModelError::new(origin, None, kind);
+        match object {
+            Some(o) => err.with_object(o),
+            None => err,
+        }
+    })
+}
+
 type ParseFailure = (ModelErrorKind, Option<String>);
 
 fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
@@ -322,6 +340,7 @@ fn parse_service(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErro
         selector: spec.selector,
         ports,
         cluster_ip,
+        endpoints: None,
     }))
 }
 

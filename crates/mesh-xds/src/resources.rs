@@ -350,15 +350,22 @@ pub fn inbound_cluster(app: SocketAddr, http2: bool) -> Cluster {
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.clone(),
-            endpoints: vec![locality_endpoints(vec![lb_endpoint(app, None)])],
+            endpoints: vec![locality_endpoints(vec![lb_endpoint(
+                app,
+                HealthStatus::Healthy,
+                None,
+            )])],
             ..Default::default()
         }),
         ..base_cluster(&name, http2)
     }
 }
 
+/// An endpoint; `health` DRAINING tells proxies to send it no new requests while
+/// requests on open connections finish.
 fn lb_endpoint(
     addr: SocketAddr,
+    health: HealthStatus,
     metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
 ) -> LbEndpoint {
     LbEndpoint {
@@ -366,7 +373,7 @@ fn lb_endpoint(
             address: Some(socket_address(addr)),
             ..Default::default()
         })),
-        health_status: HealthStatus::Healthy as i32,
+        health_status: health as i32,
         metadata,
         load_balancing_weight: Some(UInt32Value { value: 1 }),
     }
@@ -399,7 +406,12 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
                     metadata::number(f64::from(names::INBOUND_PORT)),
                 ));
             }
-            lb_endpoint(ep.address, Some(mesh_metadata(fields)))
+            let health = if ep.draining {
+                HealthStatus::Draining
+            } else {
+                HealthStatus::Healthy
+            };
+            lb_endpoint(ep.address, health, Some(mesh_metadata(fields)))
         })
         .collect();
     ClusterLoadAssignment {

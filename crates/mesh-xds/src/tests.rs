@@ -319,3 +319,26 @@ fn the_trust_bundle_is_an_sds_secret() {
         "workload keys are never served"
     );
 }
+
+#[test]
+fn draining_endpoints_are_marked_draining() {
+    use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+    use mesh_model::{Endpoint, Identity, ObjectKey};
+    let ep = |addr: &str, draining| Endpoint {
+        address: addr.parse().unwrap(),
+        workload: ObjectKey::new("shop", "catalog-1"),
+        identity: Identity::new("cluster.local", "shop", "catalog"),
+        sidecar: true,
+        draining,
+    };
+    let cla = crate::resources::load_assignment(
+        "c",
+        &[ep("10.0.0.1:80", false), ep("10.0.0.2:80", true)],
+    );
+    let health: Vec<_> = cla.endpoints[0]
+        .lb_endpoints
+        .iter()
+        .map(|e| HealthStatus::try_from(e.health_status).unwrap())
+        .collect();
+    assert_eq!(health, [HealthStatus::Healthy, HealthStatus::Draining]);
+}

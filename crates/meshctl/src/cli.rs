@@ -34,6 +34,14 @@ pub enum Command {
     ProxyConfig(ProxyConfigArgs),
     /// Check the mesh's health: controller, certificates and root expiry, proxy sync.
     Check(CheckArgs),
+    /// Add the mesh sidecar to the Pods and pod templates of a manifest (what the
+    /// cluster's webhook does), printing the result for `kubectl apply -f -`.
+    Inject(InjectArgs),
+    /// Print every manifest that installs the mesh on Kubernetes, for
+    /// `kubectl apply -f -`.
+    Install(InstallArgs),
+    /// Switch the mesh on or off for a Kubernetes namespace (its mesh.io/inject label).
+    Namespace(NamespaceArgs),
     /// Run the control plane (takes `mesh-controller`'s flags).
     #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
     Controller(PassThrough),
@@ -211,6 +219,59 @@ pub struct CheckArgs {
     pub controller: ControllerFlag,
 }
 
+/// Flags of `meshctl inject`.
+#[derive(Debug, Clone, Args)]
+pub struct InjectArgs {
+    /// The manifest (multi-document YAML or JSON); `-` reads stdin.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// What to inject (the controller's defaults when omitted).
+    #[command(flatten)]
+    pub inject: mesh_controller::inject::InjectFlags,
+}
+
+/// Flags of `meshctl install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// Image repository of the controller and the sidecar images.
+    #[arg(long, default_value = mesh_controller::inject::DEFAULT_HUB)]
+    pub hub: String,
+    /// Image tag of both images.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub tag: String,
+}
+
+/// `meshctl namespace ...`.
+#[derive(Debug, Clone, Args)]
+pub struct NamespaceArgs {
+    /// Enable or disable.
+    #[command(subcommand)]
+    pub command: NamespaceCommand,
+}
+
+/// The namespace subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NamespaceCommand {
+    /// Label the namespace mesh.io/inject=enabled: it joins the mesh.
+    Enable(NamespaceTarget),
+    /// Remove the label: the namespace leaves the mesh.
+    Disable(NamespaceTarget),
+}
+
+/// Which namespace, in which cluster.
+#[derive(Debug, Clone, Args)]
+pub struct NamespaceTarget {
+    /// The namespace.
+    pub namespace: String,
+    /// Kubeconfig file; `$KUBECONFIG`, `~/.kube/config` or the in-cluster
+    /// service account when omitted.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; the current one when omitted.
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
 /// Flags of `meshctl demo-app`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoAppArgs {
@@ -319,6 +380,40 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn kubernetes_commands() {
+        let cli = Cli::parse_from(["meshctl", "inject", "-f", "-", "--proxy-image", "r/p:1"]);
+        let Command::Inject(i) = cli.command else {
+            panic!("not inject")
+        };
+        assert_eq!(i.file, PathBuf::from("-"));
+        assert_eq!(i.inject.settings().init_image, "r/p:1");
+        let cli = Cli::parse_from(["meshctl", "install", "--tag", "dev"]);
+        let Command::Install(i) = cli.command else {
+            panic!("not install")
+        };
+        assert_eq!((i.hub.as_str(), i.tag.as_str()), ("ghcr.io/mesh", "dev"));
+        let cli = Cli::parse_from([
+            "meshctl",
+            "namespace",
+            "enable",
+            "shop",
+            "--context",
+            "kind",
+        ]);
+        let Command::Namespace(NamespaceArgs {
+            command: NamespaceCommand::Enable(t),
+        }) = cli.command
+        else {
+            panic!("not namespace enable")
+        };
+        assert_eq!(
+            (t.namespace.as_str(), t.context.as_deref()),
+            ("shop", Some("kind"))
+        );
+        assert!(Cli::try_parse_from(["meshctl", "namespace", "disable"]).is_err());
     }
 
     #[test]

@@ -11,7 +11,10 @@ pub mod controller;
 pub mod demo_app;
 pub mod format;
 pub mod http_client;
+pub mod inject;
+pub mod install;
 pub mod load;
+pub mod namespace;
 pub mod prom;
 pub mod proxy_config;
 pub mod signals;
@@ -66,6 +69,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => {
             init_tracing("warn");
             current_thread()?.block_on(check::run(args))
+        }
+        Command::Inject(args) => {
+            init_tracing("warn");
+            inject::run(&args)
+        }
+        Command::Install(args) => install::run(&args),
+        Command::Namespace(args) => {
+            init_tracing("warn");
+            current_thread()?.block_on(namespace::run(args))
         }
         Command::DemoApp(args) => {
             up::process::exit_with_parent();

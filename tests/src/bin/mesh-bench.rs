@@ -9,6 +9,7 @@
 //! mesh-bench convergence --runs 30 [--debounce-ms 100]
 //! mesh-bench overhead    --requests 20000 --concurrency 16
 //! mesh-bench xds-scale   --proxies 1000
+//! mesh-bench mtls        --connectors 8 --handshake-seconds 5 --requests 20000
 //! ```
 //! Results are printed as markdown. See docs/performance.md.
 #![forbid(unsafe_code)]
@@ -98,10 +99,42 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         debounce_ms: u64,
     },
+    /// Mutual TLS: handshakes/s against a sidecar's inbound port (vs a bare rustls
+    /// server), the added latency of the mTLS hop (vs plaintext mesh and direct),
+    /// and how many handshakes the pooled sidecar-to-sidecar connection costs.
+    Mtls {
+        /// Concurrent handshake loops (each its own source IP).
+        #[arg(long, default_value_t = 8)]
+        connectors: usize,
+        /// Seconds per handshake measurement.
+        #[arg(long, default_value_t = 5)]
+        handshake_seconds: u64,
+        /// Requests per latency scenario and round at `--concurrency`.
+        #[arg(long, default_value_t = 20000)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Requests per scenario and round on one connection, one at a time.
+        #[arg(long, default_value_t = 3000)]
+        serial_requests: usize,
+        /// Measured rounds; targets and scenarios alternate within each round.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// (internal) The upstream HTTP server of `overhead`, run as its own process.
     Upstream {
         #[arg(long)]
         addr: SocketAddr,
+    },
+    /// (internal) The baseline of `mtls`: a bare rustls server (the sidecar's own
+    /// server configuration) that completes a handshake, sends one HTTP/2 SETTINGS
+    /// frame and waits for the client to close.
+    TlsServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Holds key.der, chain-<i>.der and anchors.pem (written by `mtls`).
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -109,6 +142,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Cmd::Upstream { addr } = cli.cmd {
         return upstream_main(addr);
+    }
+    if let Cmd::TlsServer { addr, dir } = &cli.cmd {
+        return tls_server_main(*addr, dir);
     }
     let bin_dir = match cli.bin_dir.clone() {
         Some(d) => d,
@@ -146,7 +182,28 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 debounce_ms,
             } => xds_scale(&env, proxies, services, rounds, debounce_ms).await,
-            Cmd::Upstream { .. } => unreachable!(),
+            Cmd::Mtls {
+                connectors,
+                handshake_seconds,
+                requests,
+                concurrency,
+                serial_requests,
+                rounds,
+            } => {
+                mtls(
+                    &env,
+                    MtlsOpts {
+                        connectors,
+                        handshake_seconds,
+                        requests,
+                        concurrency,
+                        serial_requests,
+                        rounds,
+                    },
+                )
+                .await
+            }
+            Cmd::Upstream { .. } | Cmd::TlsServer { .. } => unreachable!(),
         }
     });
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -241,7 +298,9 @@ impl Env {
             Cmd::Convergence { .. } => "convergence",
             Cmd::Overhead { .. } => "overhead",
             Cmd::XdsScale { .. } => "xds-scale",
+            Cmd::Mtls { .. } => "mtls",
             Cmd::Upstream { .. } => "upstream",
+            Cmd::TlsServer { .. } => "tls-server",
         };
         let dir = std::env::temp_dir().join(format!("mesh-bench-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -276,6 +335,9 @@ impl Env {
     async fn controller(&self, file: &Path, debounce_ms: u64, tag: &str) -> anyhow::Result<Ctl> {
         let xds = free_addr();
         let admin = free_addr();
+        // The TLS port (Certify, secure xDS) on a free port too: its default,
+        // 127.0.0.1:15012, would collide with any other controller on the host.
+        let secure = free_addr();
         let args = vec![
             "--registry".into(),
             "file".into(),
@@ -287,6 +349,8 @@ impl Env {
             admin.to_string(),
             "--debounce-ms".into(),
             debounce_ms.to_string(),
+            "--secure-xds-addr".into(),
+            secure.to_string(),
         ];
         let proc = self.spawn(
             &format!("controller-{tag}"),
@@ -297,7 +361,12 @@ impl Env {
         if ready.is_none() {
             bail!("controller not ready; see {}", proc.log.display());
         }
-        Ok(Ctl { proc, xds, admin })
+        Ok(Ctl {
+            proc,
+            xds,
+            admin,
+            secure,
+        })
     }
 
     fn proxy_args(
@@ -326,6 +395,8 @@ struct Ctl {
     proc: Proc,
     xds: SocketAddr,
     admin: SocketAddr,
+    /// TLS port: Certify and xDS for sidecars with an identity.
+    secure: SocketAddr,
 }
 
 fn free_addr() -> SocketAddr {
@@ -1609,6 +1680,1035 @@ async fn xds_scale(
                 "snapshot build_ms (controller log, per change)".into(),
                 builds.join(", "),
             ],
+        ],
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// 5. mtls
+
+struct MtlsOpts {
+    connectors: usize,
+    handshake_seconds: u64,
+    requests: usize,
+    concurrency: usize,
+    serial_requests: usize,
+    rounds: usize,
+}
+
+/// `mesh.identity.v1` messages (proto/mesh/identity/v1/identity.proto), declared
+/// here because the tests crate does not depend on mesh-proto.
+mod certify_pb {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CertifyRequest {
+        #[prost(string, tag = "1")]
+        pub token: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub csr_der: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CertifyResponse {
+        #[prost(bytes = "vec", repeated, tag = "1")]
+        pub cert_chain_der: Vec<Vec<u8>>,
+        #[prost(int64, tag = "2")]
+        pub valid_until: i64,
+    }
+}
+
+/// The HTTP/2 client preface followed by an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+/// An empty HTTP/2 SETTINGS frame: what an HTTP/2 server sends first.
+const H2_SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// A join token for `default/<sa>` from the controller's admin API.
+async fn join_token(admin: SocketAddr, sa: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"namespace": "default", "service_account": sa});
+    let (status, text) = mesh_tests::http::post_json(&format!("http://{admin}/tokens"), &body)
+        .await
+        .context("controller admin not reachable")?;
+    if status != 200 {
+        bail!("POST /tokens: {status} {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["token"]
+        .as_str()
+        .context("no token in reply")?
+        .to_string())
+}
+
+/// A workload certificate the way a sidecar gets one: a fresh ECDSA P-256
+/// `WorkloadKey`, a CSR, and `mesh.identity.v1.Identity/Certify` with a join token
+/// over TLS to the controller's secure port (the controller's SPIFFE ID checked).
+/// Returns the credentials, the chain (DER, leaf first) and the PKCS#8 key.
+async fn certify(
+    secure: SocketAddr,
+    anchors: &[Vec<u8>],
+    token: &str,
+) -> anyhow::Result<(mesh_identity::tls::Credentials, Vec<Vec<u8>>, Vec<u8>)> {
+    use mesh_identity::tls::{ALPN_H2, Credentials, client_config, mesh_server_name};
+    let key = mesh_identity::csr::WorkloadKey::generate()?;
+    let csr_der = key.csr_der()?;
+    let config = client_config(None, anchors, &[ALPN_H2])?;
+    let tcp = TcpStream::connect(secure).await?;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(mesh_server_name(), tcp)
+        .await
+        .context("TLS handshake with the controller")?;
+    let peer = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates())
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    if !peer.ends_with("/ns/mesh-system/sa/mesh-controller") {
+        bail!("the secure port answered as {peer:?}, not the controller");
+    }
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    let conn = tokio::spawn(conn);
+    let msg = prost::Message::encode_to_vec(&certify_pb::CertifyRequest {
+        token: token.to_string(),
+        csr_der,
+    });
+    let mut framed = Vec::with_capacity(msg.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    let req = Request::post(format!("http://{secure}/mesh.identity.v1.Identity/Certify"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(Full::new(Bytes::from(framed)))?;
+    let resp = sender.send_request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await?;
+    let field = |name: &str| {
+        collected
+            .trailers()
+            .and_then(|t| t.get(name))
+            .or_else(|| parts.headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (status, message) = (field("grpc-status"), field("grpc-message"));
+    let data = collected.to_bytes();
+    conn.abort();
+    if status != "0" || data.len() < 5 {
+        bail!("Certify failed: grpc-status {status:?} {message}");
+    }
+    let reply = <certify_pb::CertifyResponse as prost::Message>::decode(&data[5..])?;
+    let key_der = key.private_key_der().secret_der().to_vec();
+    let creds = Credentials::new(reply.cert_chain_der.clone(), key.private_key_der())?;
+    Ok((creds, reply.cert_chain_der, key_der))
+}
+
+/// `mesh-bench tls-server`: the handshake baseline, its own process so its CPU is
+/// measured like the sidecar's. Same server configuration as the sidecar's inbound
+/// (`mesh_identity::tls::server_config`, client certificate required, ALPN h2 and
+/// http/1.1), same runtime size (2 worker threads, the sidecar's `--concurrency`).
+fn tls_server_main(addr: SocketAddr, dir: &Path) -> anyhow::Result<()> {
+    use mesh_identity::tls::{ALPN_H2, ClientAuth, Credentials, server_config};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = std::fs::read(dir.join("key.der"))?;
+    let mut chain = Vec::new();
+    while let Ok(der) = std::fs::read(dir.join(format!("chain-{}.der", chain.len()))) {
+        chain.push(der);
+    }
+    let anchors =
+        mesh_identity::tls::anchors_from_pem(&std::fs::read_to_string(dir.join("anchors.pem"))?)?;
+    let creds = Credentials::new(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))?;
+    let config = server_config(
+        &creds,
+        &anchors,
+        ClientAuth::Required,
+        &[ALPN_H2, b"http/1.1"],
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = TcpListener::bind(addr).await?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let limit = Duration::from_secs(10);
+                let Ok(Ok(mut tls)) = tokio::time::timeout(limit, acceptor.accept(stream)).await
+                else {
+                    return;
+                };
+                if tls.write_all(&H2_SETTINGS).await.is_err() || tls.flush().await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 256];
+                while let Ok(Ok(n)) = tokio::time::timeout(limit, tls.read(&mut buf)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[derive(Default)]
+struct HsResult {
+    ok: usize,
+    errors: usize,
+    resumed: usize,
+    seconds: f64,
+    lat_us: Vec<f64>,
+    first_error: Option<String>,
+}
+
+/// One client connection: TCP from `src`, TLS 1.3 handshake, the server's identity
+/// checked, the HTTP/2 preface sent and the server's first bytes (its SETTINGS)
+/// read, which proves the server finished the handshake and accepted our
+/// certificate. Returns whether the session was resumed.
+async fn one_handshake(
+    connector: &tokio_rustls::TlsConnector,
+    src: IpAddr,
+    target: SocketAddr,
+    expected: &str,
+) -> anyhow::Result<bool> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))?;
+    let tcp = sock.connect(target).await?;
+    tcp.set_nodelay(true)?;
+    // Close with a reset: tens of thousands of TIME_WAIT sockets would otherwise
+    // exhaust the ephemeral ports and make every bind() a long search (kernel CPU
+    // charged to the client).
+    tcp.set_zero_linger()?;
+    let mut tls = connector
+        .connect(mesh_identity::tls::mesh_server_name(), tcp)
+        .await?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let seen = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates())
+        .map(|i| i.to_string());
+    if seen.as_deref() != Some(expected) {
+        bail!("server identity {seen:?}, expected {expected}");
+    }
+    tls.write_all(H2_PREFACE).await?;
+    tls.flush().await?;
+    let mut buf = [0u8; 64];
+    let n = tls.read(&mut buf).await?;
+    if n == 0 {
+        bail!("closed by the server before it sent anything");
+    }
+    Ok(resumed)
+}
+
+/// `connectors` loops of [`one_handshake`] against `target` for `duration`;
+/// connector k connects from 127.66.1.(k+1).
+async fn handshake_loop(
+    target: SocketAddr,
+    expected: &str,
+    config: Arc<rustls::ClientConfig>,
+    connectors: usize,
+    duration: Duration,
+) -> HsResult {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for k in 0..connectors {
+        let src = ip(66, 1, (k % 250 + 1) as u8);
+        let config = config.clone();
+        let expected = expected.to_string();
+        tasks.push(tokio::spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(config);
+            let mut r = HsResult::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let one = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    one_handshake(&connector, src, target, &expected),
+                )
+                .await;
+                match one {
+                    Ok(Ok(resumed)) => {
+                        r.ok += 1;
+                        r.resumed += resumed as usize;
+                        r.lat_us.push(t.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Ok(Err(e)) => {
+                        r.errors += 1;
+                        r.first_error.get_or_insert(format!("{e:#}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(_) => {
+                        r.errors += 1;
+                        r.first_error.get_or_insert("timed out after 5 s".into());
+                    }
+                }
+            }
+            r
+        }));
+    }
+    let mut all = HsResult::default();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            all.ok += r.ok;
+            all.errors += r.errors;
+            all.resumed += r.resumed;
+            all.lat_us.extend(r.lat_us);
+            if all.first_error.is_none() {
+                all.first_error = r.first_error;
+            }
+        }
+    }
+    all.seconds = start.elapsed().as_secs_f64();
+    all.lat_us = sorted(all.lat_us);
+    all
+}
+
+/// ESTABLISHED TCP connections of process `pid` to `to`: /proc/net/tcp rows whose
+/// socket inode is one of the process's file descriptors. (By inode, not by
+/// source address: a sidecar's outbound connections to another loopback address
+/// leave from 127.0.0.1, not from its own `--ip`.)
+fn established(pid: u32, to: SocketAddr) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            if let Ok(link) = std::fs::read_link(e.path())
+                && let Some(n) = link
+                    .to_str()
+                    .and_then(|l| l.strip_prefix("socket:["))
+                    .and_then(|l| l.strip_suffix(']'))
+            {
+                inodes.insert(n.to_string());
+            }
+        }
+    }
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // "0300427F:3A9E": the address as the kernel's native-endian u32, then the port.
+    let parse = |s: &str| -> Option<SocketAddr> {
+        let (a, p) = s.split_once(':')?;
+        let a = u32::from_str_radix(a, 16).ok()?;
+        let p = u16::from_str_radix(p, 16).ok()?;
+        Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(a.to_le_bytes())),
+            p,
+        ))
+    };
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 9 && f[3] == "01" && parse(f[2]) == Some(to) && inodes.contains(f[9])
+        })
+        .count()
+}
+
+/// The sum of a counter's samples whose line contains every string of `labels`.
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Inbound connections a sidecar accepted (`mesh_tcp_connections_opened_total`,
+/// reporter destination) and its failed inbound TLS handshakes.
+async fn inbound_accepted(admin: SocketAddr) -> anyhow::Result<(f64, f64)> {
+    let m = get_body(&format!("http://{admin}/metrics")).await?;
+    Ok((
+        counter(
+            &m,
+            "mesh_tcp_connections_opened_total",
+            &["reporter=\"destination\""],
+        ),
+        counter(&m, "mesh_inbound_tls_handshake_failures_total", &[]),
+    ))
+}
+
+/// A mesh path of the latency runs: client sidecar → server sidecar → upstream.
+struct MeshPath {
+    server_ip: Ipv4Addr,
+    client_pid: u32,
+    server_pid: u32,
+    upstream_pid: u32,
+}
+
+impl MeshPath {
+    fn inbound(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.server_ip), 15006)
+    }
+    fn server_admin(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.server_ip), 15000)
+    }
+}
+
+/// A load target of the latency runs.
+struct MtlsScenario<'a> {
+    name: &'static str,
+    addr: SocketAddr,
+    uri: &'static str,
+    host: String,
+    upstream_pid: u32,
+    path: Option<&'a MeshPath>,
+}
+
+async fn mtls(env: &Env, o: MtlsOpts) -> anyhow::Result<()> {
+    println!("## mtls\n");
+    machine_line();
+    let v4 = |c: u8| Ipv4Addr::new(127, 66, 0, c);
+    let (up_plain, cl_plain, up_tls, cl_tls, base_ip) = (v4(1), v4(2), v4(3), v4(4), v4(5));
+    let file = env.dir.join("mesh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{NS}{}{}{}{}{}{}{}{}",
+            service_doc("up-plain", 8080),
+            service_doc("client-plain", 8080),
+            service_doc("up-mtls", 8080),
+            service_doc("client-mtls", 8080),
+            workload_doc("up-plain-1", "up-plain", up_plain.into(), 8080),
+            workload_doc("client-plain-1", "client-plain", cl_plain.into(), 8080),
+            workload_doc("up-mtls-1", "up-mtls", up_tls.into(), 8080),
+            workload_doc("client-mtls-1", "client-mtls", cl_tls.into(), 8080),
+        ),
+    )?;
+    let me = std::env::current_exe()?;
+    let mut upstreams = Vec::new();
+    for (name, a) in [("upstream-plain", up_plain), ("upstream-mtls", up_tls)] {
+        let addr = SocketAddr::new(a.into(), 8080);
+        let args = ["upstream".into(), "--addr".into(), addr.to_string()];
+        upstreams.push(env.spawn(name, &me, &args)?);
+    }
+    let ctl = env.controller(&file, 100, "mtls").await?;
+    let bundle = get_body(&format!("http://{}/ca/bundle", ctl.admin)).await?;
+    let anchors_pem = env.dir.join("trust-anchors.pem");
+    std::fs::write(&anchors_pem, &bundle)?;
+    let anchors = mesh_identity::tls::anchors_from_pem(&bundle)?;
+
+    // Sidecars: dev mode (no token, plaintext xDS, h2c between sidecars) and with
+    // identities (token + trust anchors, xDS over the TLS port, mutual TLS between
+    // sidecars; the mesh's default mode, STRICT, on the inbound side).
+    let proxy = env.bin_dir.join("mesh-proxy");
+    let mut sidecars = Vec::new();
+    for (wl, a) in [("up-plain-1", up_plain), ("client-plain-1", cl_plain)] {
+        let args = env.proxy_args(wl, a.into(), ctl.xds, &[]);
+        sidecars.push((env.spawn(&format!("proxy-{wl}"), &proxy, &args)?, a));
+    }
+    for (wl, sa, a) in [
+        ("up-mtls-1", "up-mtls", up_tls),
+        ("client-mtls-1", "client-mtls", cl_tls),
+    ] {
+        let token = env.dir.join(format!("{wl}.token"));
+        std::fs::write(&token, join_token(ctl.admin, sa).await?)?;
+        let mut args = env.proxy_args(wl, a.into(), ctl.xds, &[]);
+        let xds = args
+            .iter()
+            .position(|s| s == "--xds-addr")
+            .context("proxy args")?;
+        args[xds + 1] = format!("https://{}", ctl.secure);
+        args.extend([
+            "--token-file".into(),
+            token.display().to_string(),
+            "--trust-anchors".into(),
+            anchors_pem.display().to_string(),
+        ]);
+        sidecars.push((env.spawn(&format!("proxy-{wl}"), &proxy, &args)?, a));
+    }
+    for (sc, a) in &sidecars {
+        let admin = SocketAddr::new((*a).into(), 15000);
+        if wait_ready(admin, Duration::from_secs(15), Duration::from_millis(5))
+            .await
+            .is_none()
+        {
+            bail!("{} not ready; see {}", sc.name, sc.log.display());
+        }
+    }
+    let pid_of = |a: Ipv4Addr| {
+        sidecars
+            .iter()
+            .find(|(_, x)| *x == a)
+            .map(|(p, _)| p.pid())
+            .expect("sidecar")
+    };
+    let plain = MeshPath {
+        server_ip: up_plain,
+        client_pid: pid_of(cl_plain),
+        server_pid: pid_of(up_plain),
+        upstream_pid: upstreams[0].pid(),
+    };
+    let tls = MeshPath {
+        server_ip: up_tls,
+        client_pid: pid_of(cl_tls),
+        server_pid: pid_of(up_tls),
+        upstream_pid: upstreams[1].pid(),
+    };
+    let server_id = "spiffe://cluster.local/ns/default/sa/up-mtls";
+    let base_id = "spiffe://cluster.local/ns/default/sa/bench-server";
+
+    // The handshake loop's client identity and the baseline server's identity:
+    // both from the same controller's CA through Certify, like a sidecar's.
+    let token = join_token(ctl.admin, "bench-client").await?;
+    let (client_creds, _, _) = certify(ctl.secure, &anchors, &token).await?;
+    let token = join_token(ctl.admin, "bench-server").await?;
+    let (_, base_chain, base_key) = certify(ctl.secure, &anchors, &token).await?;
+    let base_dir = env.dir.join("tls-server");
+    std::fs::create_dir_all(&base_dir)?;
+    std::fs::write(base_dir.join("key.der"), &base_key)?;
+    for (i, der) in base_chain.iter().enumerate() {
+        std::fs::write(base_dir.join(format!("chain-{i}.der")), der)?;
+    }
+    std::fs::write(base_dir.join("anchors.pem"), &bundle)?;
+    let base_addr = SocketAddr::new(base_ip.into(), 15006);
+    let base_args = [
+        "tls-server".into(),
+        "--addr".into(),
+        base_addr.to_string(),
+        "--dir".into(),
+        base_dir.display().to_string(),
+    ];
+    let base = env.spawn("tls-server", &me, &base_args)?;
+    let mut listening = false;
+    for _ in 0..200 {
+        if TcpStream::connect(base_addr).await.is_ok() {
+            listening = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !listening {
+        bail!("tls-server not listening; see {}", base.log.display());
+    }
+    println!(
+        "Certificates: ECDSA P-256 keys (`WorkloadKey`) for the sidecars, the handshake client and the baseline \
+         server, all issued by the controller's CA through `Certify` (join token from `POST /tokens`); chain \
+         length {} (leaf{}), trust bundle {} root(s).\n",
+        base_chain.len(),
+        if base_chain.len() > 1 {
+            " + intermediates"
+        } else {
+            " only"
+        },
+        anchors.len(),
+    );
+
+    // --- 1. Handshakes per second --------------------------------------------
+    let alpn: &[&[u8]] = &[mesh_identity::tls::ALPN_H2];
+    let default_config = mesh_identity::tls::client_config(Some(&client_creds), &anchors, alpn)?;
+    let full_config = {
+        let mut c = (*default_config).clone();
+        c.resumption = rustls::client::Resumption::disabled();
+        Arc::new(c)
+    };
+    let targets = [
+        (
+            "rustls baseline (`mesh-bench tls-server`)",
+            base_addr,
+            base_id,
+            base.pid(),
+        ),
+        (
+            "sidecar inbound :15006 (`mesh-proxy`, STRICT)",
+            tls.inbound(),
+            server_id,
+            tls.server_pid,
+        ),
+    ];
+    let bench_pid = std::process::id();
+    let dur = Duration::from_secs(o.handshake_seconds);
+    for (_, addr, id, _) in &targets {
+        let warm = Duration::from_secs(1);
+        let r = handshake_loop(*addr, id, full_config.clone(), o.connectors, warm).await;
+        if r.ok == 0 {
+            bail!(
+                "no handshake with {addr} succeeded: {}",
+                r.first_error.unwrap_or_default()
+            );
+        }
+    }
+    let (accepted0, failures0) = inbound_accepted(tls.server_admin()).await?;
+    let mut hs_rows = Vec::new();
+    let mut hs_ratios: Vec<Vec<String>> = Vec::new();
+    let mut hs_attempts = 0usize;
+    // Per-round ratios and sums, for the medians at the end.
+    let mut m: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    for round in 1..=o.rounds {
+        for (mode, config) in [
+            ("full (resumption off)", full_config.clone()),
+            (
+                "resumption on (rustls default, like the sidecar's client)",
+                default_config.clone(),
+            ),
+        ] {
+            let mut per_target = Vec::new();
+            for (name, addr, id, pid) in &targets {
+                let s0 = cpu_seconds(*pid);
+                let c0 = cpu_seconds(bench_pid);
+                let r = handshake_loop(*addr, id, config.clone(), o.connectors, dur).await;
+                let s = cpu_seconds(*pid) - s0;
+                let c = cpu_seconds(bench_pid) - c0;
+                if *pid == tls.server_pid {
+                    hs_attempts += r.ok + r.errors;
+                }
+                let rate = r.ok as f64 / r.seconds;
+                let per = |cpu: f64| cpu * 1e3 / r.ok.max(1) as f64;
+                let errors = match &r.first_error {
+                    Some(e) => format!("{} ({e})", r.errors),
+                    None => format!("{}", r.errors),
+                };
+                hs_rows.push(vec![
+                    format!("{round}"),
+                    mode.into(),
+                    name.to_string(),
+                    format!("{}", r.ok),
+                    errors,
+                    format!("{}", r.resumed),
+                    format!("{rate:.0}"),
+                    format!("{:.2}", pct(&r.lat_us, 50.0) / 1e3),
+                    format!("{:.2}", pct(&r.lat_us, 99.0) / 1e3),
+                    format!("{:.3}", per(s)),
+                    format!("{:.3}", per(c)),
+                ]);
+                per_target.push((rate, per(s)));
+            }
+            let full = mode.starts_with("full");
+            let key = |a: &'static str, b: &'static str| if full { a } else { b };
+            m.entry(key("hs full rate", "hs resumed rate"))
+                .or_default()
+                .push(per_target[1].0 / per_target[0].0);
+            m.entry(key("hs full cpu", "hs resumed cpu"))
+                .or_default()
+                .push(per_target[1].1 / per_target[0].1);
+            m.entry(key("hs full sidecar rate", "hs resumed sidecar rate"))
+                .or_default()
+                .push(per_target[1].0);
+            m.entry(key("hs full sidecar cpu", "hs resumed sidecar cpu"))
+                .or_default()
+                .push(per_target[1].1);
+            hs_ratios.push(vec![
+                format!("{round}"),
+                mode.into(),
+                format!("{:.2}", per_target[1].0 / per_target[0].0),
+                format!("{:.2}", per_target[1].1 / per_target[0].1),
+            ]);
+        }
+    }
+    let (accepted1, failures1) = inbound_accepted(tls.server_admin()).await?;
+    drop(base);
+
+    println!(
+        "### Handshakes per second\n\n{} connectors (each its own source IP 127.66.1.k), {} s per measurement, \
+         after 1 s of warm-up per target; targets alternate. One handshake = TCP connect, TLS 1.3 handshake with a \
+         client certificate (ECDSA P-256), server SPIFFE ID checked, HTTP/2 preface sent, first server bytes (its \
+         SETTINGS) read, close (SO_LINGER 0, so no TIME_WAIT piles up). Time in ms from connect to first server bytes. CPU from /proc/<pid>/stat \
+         (CLK_TCK 100): server = the sidecar or the baseline process, client = mesh-bench (the connectors):\n",
+        o.connectors, o.handshake_seconds
+    );
+    md_table(
+        &[
+            "round",
+            "client sessions",
+            "server",
+            "handshakes",
+            "errors",
+            "resumed",
+            "handshakes/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU ms / handshake",
+            "client CPU ms / handshake",
+        ],
+        &hs_rows,
+    );
+    md_table(
+        &[
+            "round",
+            "client sessions",
+            "sidecar ÷ baseline, handshakes/s",
+            "sidecar ÷ baseline, server CPU / handshake",
+        ],
+        &hs_ratios,
+    );
+    println!(
+        "The sidecar's own count over the measurements: `mesh_tcp_connections_opened_total{{reporter=\"destination\"}}` \
+         +{:.0} (client attempts {hs_attempts}), `mesh_inbound_tls_handshake_failures_total` +{:.0}.\n",
+        accepted1 - accepted0,
+        failures1 - failures0
+    );
+
+    // --- 2. Latency of the mTLS hop; 3. pooling ----------------------------------
+    let direct_addr = SocketAddr::new(up_plain.into(), 8080);
+    let scenarios = [
+        MtlsScenario {
+            name: "direct (baseline)",
+            addr: direct_addr,
+            uri: "/",
+            host: direct_addr.to_string(),
+            upstream_pid: plain.upstream_pid,
+            path: None,
+        },
+        MtlsScenario {
+            name: "plaintext mesh (dev mode, h2c between sidecars)",
+            addr: SocketAddr::new(cl_plain.into(), 15001),
+            uri: "http://up-plain.default:8080/",
+            host: "up-plain.default:8080".into(),
+            upstream_pid: plain.upstream_pid,
+            path: Some(&plain),
+        },
+        MtlsScenario {
+            name: "mTLS mesh (identities, STRICT)",
+            addr: SocketAddr::new(cl_tls.into(), 15001),
+            uri: "http://up-mtls.default:8080/",
+            host: "up-mtls.default:8080".into(),
+            upstream_pid: tls.upstream_pid,
+            path: Some(&tls),
+        },
+    ];
+    // Inbound connections each server sidecar accepted before any request.
+    let mut accepted_start = Vec::new();
+    for s in &scenarios {
+        accepted_start.push(match s.path {
+            Some(p) => inbound_accepted(p.server_admin()).await?.0,
+            None => 0.0,
+        });
+    }
+    let mut sent = [0usize; 3];
+    for (i, s) in scenarios.iter().enumerate() {
+        let r = load(s.addr, s.uri, &s.host, 2000, o.concurrency).await?;
+        sent[i] += 2000;
+        if r.errors > 0 {
+            bail!("{}: {} errors during warm-up", s.name, r.errors);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+    let mut ratio_rows = Vec::new();
+    let mut serial_rows = Vec::new();
+    let mut serial_ratio_rows = Vec::new();
+    let mut pool_rows = Vec::new();
+    let per_k = |cpu: f64, n: usize| cpu * 1e6 / n as f64;
+    for round in 1..=o.rounds {
+        // (req/s, p50, p99, both sidecars' CPU per 1000) per scenario.
+        let mut res: Vec<(f64, f64, f64, f64)> = Vec::new();
+        for (i, s) in scenarios.iter().enumerate() {
+            let pids: Vec<u32> = s
+                .path
+                .map(|p| vec![p.client_pid, p.server_pid])
+                .unwrap_or_default();
+            let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+            let u0 = cpu_seconds(s.upstream_pid);
+            let b0 = cpu_seconds(bench_pid);
+            let acc0 = match s.path {
+                Some(p) => inbound_accepted(p.server_admin()).await?.0,
+                None => 0.0,
+            };
+            let r = load(s.addr, s.uri, &s.host, o.requests, o.concurrency).await?;
+            sent[i] += o.requests;
+            let b = cpu_seconds(bench_pid) - b0;
+            let u = cpu_seconds(s.upstream_pid) - u0;
+            let d: Vec<f64> = pids
+                .iter()
+                .zip(&before)
+                .map(|(p, b)| cpu_seconds(*p) - b)
+                .collect();
+            let rps = r.ok as f64 / r.seconds;
+            let (p50, p99) = (pct(&r.lat_us, 50.0), pct(&r.lat_us, 99.0));
+            let sidecars: f64 = d.iter().sum();
+            res.push((rps, p50, p99, per_k(sidecars, o.requests)));
+            rows.push(vec![
+                format!("{round}"),
+                s.name.into(),
+                format!("{}", r.ok),
+                format!("{}", r.errors),
+                format!("{rps:.0}"),
+                format!("{p50:.0}"),
+                format!("{p99:.0}"),
+                format!(
+                    "{:.2} / {:.2} / {:.2}",
+                    rps / res[0].0,
+                    p50 / res[0].1,
+                    p99 / res[0].2
+                ),
+            ]);
+            let cell = |v: Option<&f64>| {
+                v.map(|c| format!("{:.1}", per_k(*c, o.requests)))
+                    .unwrap_or_default()
+            };
+            cpu_rows.push(vec![
+                format!("{round}"),
+                s.name.into(),
+                cell(d.first()),
+                cell(d.get(1)),
+                cell((!d.is_empty()).then_some(&sidecars)),
+                cell(Some(&u)),
+                cell(Some(&b)),
+            ]);
+            if let Some(p) = s.path {
+                let acc1 = inbound_accepted(p.server_admin()).await?.0;
+                pool_rows.push(vec![
+                    format!("{round}"),
+                    s.name.into(),
+                    format!("{}", o.requests),
+                    format!("{:.0}", acc1 - acc0),
+                    format!("{:.3}", (acc1 - acc0) * 1000.0 / o.requests as f64),
+                    format!("{}", established(p.client_pid, p.inbound())),
+                ]);
+            }
+        }
+        let (d, pl, tl) = (res[0], res[1], res[2]);
+        for (k, v) in [
+            ("rps", tl.0 / pl.0),
+            ("p50", tl.1 / pl.1),
+            ("p99", tl.2 / pl.2),
+            ("cpu", tl.3 / pl.3),
+            ("cpu plain", pl.3),
+            ("cpu mtls", tl.3),
+            ("rps plain vs direct", pl.0 / d.0),
+            ("rps mtls vs direct", tl.0 / d.0),
+        ] {
+            m.entry(k).or_default().push(v);
+        }
+        ratio_rows.push(vec![
+            format!("{round}"),
+            format!("{:.2}", tl.0 / pl.0),
+            format!("{:.2}", tl.1 / pl.1),
+            format!("{:.2}", tl.2 / pl.2),
+            format!("{:.1} / {:.1} = {:.2}", tl.3, pl.3, tl.3 / pl.3),
+            format!("{:.0} / {:.0}", pl.1 - d.1, tl.1 - d.1),
+            format!("{:.0}", tl.1 - pl.1),
+        ]);
+
+        // One connection, one request at a time.
+        let mut ser: Vec<(f64, f64)> = Vec::new();
+        for (i, s) in scenarios.iter().enumerate() {
+            let r = load(s.addr, s.uri, &s.host, o.serial_requests, 1).await?;
+            sent[i] += o.serial_requests;
+            let (p50, p99) = (pct(&r.lat_us, 50.0), pct(&r.lat_us, 99.0));
+            ser.push((p50, p99));
+            serial_rows.push(vec![
+                format!("{round}"),
+                s.name.into(),
+                format!("{}", r.ok),
+                format!("{}", r.errors),
+                format!("{:.0}", r.ok as f64 / r.seconds),
+                format!("{p50:.0}"),
+                format!("{p99:.0}"),
+                format!("{:.0}", mean(&r.lat_us)),
+                format!("{:.0}", p50 - ser[0].0),
+            ]);
+        }
+        for (k, v) in [
+            ("serial plain add", ser[1].0 - ser[0].0),
+            ("serial mtls add", ser[2].0 - ser[0].0),
+            ("serial diff", ser[2].0 - ser[1].0),
+            ("serial p50 ratio", ser[2].0 / ser[1].0),
+        ] {
+            m.entry(k).or_default().push(v);
+        }
+        serial_ratio_rows.push(vec![
+            format!("{round}"),
+            format!("{:.0}", ser[1].0 - ser[0].0),
+            format!("{:.0}", ser[2].0 - ser[0].0),
+            format!("{:.0}", ser[2].0 - ser[1].0),
+            format!("{:.2}", ser[2].0 / ser[1].0),
+            format!("{:.2}", ser[2].1 / ser[1].1),
+        ]);
+    }
+    let mut pool_total = Vec::new();
+    for (i, s) in scenarios.iter().enumerate() {
+        if let Some(p) = s.path {
+            let (acc, fail) = inbound_accepted(p.server_admin()).await?;
+            let n = acc - accepted_start[i];
+            pool_total.push(vec![
+                s.name.into(),
+                format!("{}", sent[i]),
+                format!("{n:.0}"),
+                format!("{:.4}", n * 1000.0 / sent[i] as f64),
+                format!("{fail:.0}"),
+                format!("{}", established(p.client_pid, p.inbound())),
+            ]);
+        }
+    }
+    drop(sidecars);
+    drop(ctl);
+    drop(upstreams);
+
+    println!(
+        "### Latency of the mTLS hop\n\n{} requests per scenario and round over {} keep-alive HTTP/1.1 connections \
+         (hyper client in mesh-bench), after 2,000 warm-up requests per scenario; scenarios alternate within each \
+         round. Same path as `overhead`: absolute-form GET to the client sidecar's :15001 → server sidecar :15006 → \
+         `mesh-bench upstream` (one per mesh, identical). Latency in µs; ratio columns vs direct in the same round:\n",
+        o.requests, o.concurrency
+    );
+    md_table(
+        &[
+            "round",
+            "scenario",
+            "ok",
+            "errors",
+            "req/s",
+            "p50 µs",
+            "p99 µs",
+            "vs direct: req/s / p50 / p99",
+        ],
+        &rows,
+    );
+    println!("CPU, ms per 1,000 requests (/proc/<pid>/stat, CLK_TCK 100, ±0.01 s per reading):\n");
+    md_table(
+        &[
+            "round",
+            "scenario",
+            "client sidecar",
+            "server sidecar",
+            "both sidecars",
+            "upstream",
+            "load generator",
+        ],
+        &cpu_rows,
+    );
+    println!("mTLS mesh ÷ plaintext mesh, same round:\n");
+    md_table(
+        &[
+            "round",
+            "req/s",
+            "p50",
+            "p99",
+            "both sidecars' CPU / 1000 req (ms): mTLS / plaintext",
+            "p50 added over direct (µs): plaintext / mTLS",
+            "p50 mTLS − plaintext (µs)",
+        ],
+        &ratio_rows,
+    );
+    println!(
+        "One connection, one request at a time ({} requests per scenario and round); µs:\n",
+        o.serial_requests
+    );
+    md_table(
+        &[
+            "round",
+            "scenario",
+            "ok",
+            "errors",
+            "req/s",
+            "p50",
+            "p99",
+            "mean",
+            "p50 − direct p50",
+        ],
+        &serial_rows,
+    );
+    md_table(
+        &[
+            "round",
+            "plaintext mesh adds (p50, µs)",
+            "mTLS mesh adds (p50, µs)",
+            "mTLS − plaintext (p50, µs)",
+            "mTLS ÷ plaintext p50",
+            "mTLS ÷ plaintext p99",
+        ],
+        &serial_ratio_rows,
+    );
+    println!(
+        "### Pooling: connections (= TLS handshakes on the mTLS path) per request\n\n\
+         New inbound connections at the server sidecar (`mesh_tcp_connections_opened_total{{reporter=\"destination\"}}` \
+         delta; only the client sidecar connects to it), and ESTABLISHED client sidecar → server sidecar :15006 \
+         connections of the client sidecar (its socket inodes in /proc/net/tcp) after the run. Per measured {}-request run at concurrency {}:\n",
+        o.requests, o.concurrency
+    );
+    md_table(
+        &[
+            "round",
+            "scenario",
+            "requests",
+            "new connections",
+            "per 1,000 requests",
+            "ESTABLISHED after",
+        ],
+        &pool_rows,
+    );
+    println!("Whole latency phase (warm-up, measured and one-at-a-time runs):\n");
+    md_table(
+        &[
+            "scenario",
+            "requests",
+            "connections accepted",
+            "per 1,000 requests",
+            "TLS handshake failures (sidecar metric, total)",
+            "ESTABLISHED at end",
+        ],
+        &pool_total,
+    );
+    let row = |what: &str, k: &str, digits: usize| {
+        let v = sorted(m.get(k).cloned().unwrap_or_default());
+        vec![
+            what.to_string(),
+            format!("{:.digits$}", pct(&v, 50.0)),
+            format!("{:.digits$} – {:.digits$}", pct(&v, 0.0), pct(&v, 100.0)),
+        ]
+    };
+    println!("### Summary: median over {} rounds (min – max)\n", o.rounds);
+    md_table(
+        &["what", "median", "range"],
+        &[
+            row("full handshakes/s, sidecar", "hs full sidecar rate", 0),
+            row(
+                "sidecar CPU ms per full handshake",
+                "hs full sidecar cpu",
+                3,
+            ),
+            row(
+                "full handshakes/s, sidecar ÷ rustls baseline",
+                "hs full rate",
+                2,
+            ),
+            row(
+                "server CPU per full handshake, sidecar ÷ baseline",
+                "hs full cpu",
+                2,
+            ),
+            row(
+                "resumed handshakes/s, sidecar",
+                "hs resumed sidecar rate",
+                0,
+            ),
+            row(
+                "sidecar CPU ms per resumed handshake",
+                "hs resumed sidecar cpu",
+                3,
+            ),
+            row(
+                "resumed handshakes/s, sidecar ÷ baseline",
+                "hs resumed rate",
+                2,
+            ),
+            row(
+                "server CPU per resumed handshake, sidecar ÷ baseline",
+                "hs resumed cpu",
+                2,
+            ),
+            row("req/s, plaintext mesh ÷ direct", "rps plain vs direct", 2),
+            row("req/s, mTLS mesh ÷ direct", "rps mtls vs direct", 2),
+            row("req/s, mTLS ÷ plaintext", "rps", 2),
+            row("p50, mTLS ÷ plaintext", "p50", 2),
+            row("p99, mTLS ÷ plaintext", "p99", 2),
+            row(
+                "both sidecars' CPU ms / 1000 req, plaintext",
+                "cpu plain",
+                1,
+            ),
+            row("both sidecars' CPU ms / 1000 req, mTLS", "cpu mtls", 1),
+            row("both sidecars' CPU / 1000 req, mTLS ÷ plaintext", "cpu", 2),
+            row(
+                "one at a time: plaintext mesh adds (p50 µs)",
+                "serial plain add",
+                0,
+            ),
+            row(
+                "one at a time: mTLS mesh adds (p50 µs)",
+                "serial mtls add",
+                0,
+            ),
+            row("one at a time: mTLS − plaintext (p50 µs)", "serial diff", 0),
+            row("one at a time: p50 mTLS ÷ plaintext", "serial p50 ratio", 2),
         ],
     );
     Ok(())
