@@ -192,6 +192,7 @@ async fn handle(
                 }
                 Err(e @ RotateError::AlreadyRunning(_)) => error(StatusCode::CONFLICT, e),
                 Err(e @ RotateError::UserCa) => error(StatusCode::CONFLICT, e),
+                Err(e @ RotateError::NotLeader(_)) => error(StatusCode::CONFLICT, e),
             }
         }
         (

@@ -76,6 +76,16 @@ pub struct ControllerArgs {
     /// The private key (PEM) of `--ca-cert`.
     #[arg(long, requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+    /// With `--registry kubernetes` and neither `--ca-dir` nor `--ca-cert`: the
+    /// Secret (`namespace/name`, or `name` in `$POD_NAMESPACE`, else
+    /// `mesh-system`) that keeps the CA, so every replica signs with the same root
+    /// and a restart keeps it.
+    #[arg(long, default_value = "mesh-ca")]
+    pub ca_secret: String,
+    /// The `coordination.k8s.io` Lease (`namespace/name` or `name`) electing the
+    /// one replica that creates and rotates the root in `--ca-secret`.
+    #[arg(long, default_value = "mesh-controller-leader")]
+    pub leader_lease: String,
     /// Lifetime of workload certificates ("24h", "5s", "1h30m").
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub workload_cert_ttl: Duration,

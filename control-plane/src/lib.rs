@@ -40,13 +40,24 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         );
     }
     let metrics = Arc::new(metrics::Metrics::default());
-    let authority = identity::Authority::from_args(&args, metrics.clone())?;
+    // With the Kubernetes registry, one client serves the watchers, TokenReview
+    // and (without --ca-dir/--ca-cert) the CA Secret and the leader Lease.
+    let kube_client = match args.registry {
+        RegistryKind::Kubernetes => {
+            Some(registry::kubernetes::client(args.kubeconfig.as_deref()).await?)
+        }
+        RegistryKind::File => None,
+    };
+    let authority = match &kube_client {
+        Some(client) if args.ca_dir.is_none() && args.ca_cert.is_none() => {
+            identity::Authority::from_kubernetes(&args, client.clone(), metrics.clone()).await?
+        }
+        _ => identity::Authority::from_args(&args, metrics.clone())?,
+    };
     let options = ModelOptions {
         cluster_domain: args.cluster_domain.clone(),
         trust_domain: args.trust_domain.clone(),
     };
-    // With the Kubernetes registry, one client serves the watchers and TokenReview.
-    let mut kube_client = None;
     let registry = match args.registry {
         RegistryKind::File => {
             let file = args
@@ -56,8 +67,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             registry::file::start(file, options, metrics.clone())?
         }
         RegistryKind::Kubernetes => {
-            let client = registry::kubernetes::client(args.kubeconfig.as_deref()).await?;
-            kube_client = Some(client.clone());
+            let client = kube_client.clone().context("Kubernetes client")?;
             registry::kubernetes::start(client, options, metrics.clone()).await?
         }
     };
@@ -149,6 +159,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if authority.source() == identity::CaSource::Directory {
         authority.resume_rotation(sync.clone(), snapshots.clone())?;
     }
+    authority.start_secret_sync(sync.clone(), snapshots.clone());
     if let Some(addr) = args.webhook_addr.0 {
         let listener = TcpListener::bind(addr)
             .await

@@ -324,7 +324,9 @@ pub fn ca_bundle_patch(webhook_names: &[&str], bundle_pem: &str) -> Value {
     json!({
         "webhooks": webhook_names
             .iter()
-            .map(|n| json!({"name": n, "caBundle": ca}))
+            // The API server reads webhooks[].clientConfig.caBundle; the list merges
+            // by `name` in a strategic merge patch.
+            .map(|n| json!({"name": n, "clientConfig": {"caBundle": ca}}))
             .collect::<Vec<_>>(),
     })
 }
@@ -553,6 +555,6 @@ mod tests {
     fn ca_bundle_patch_shape() {
         let p = ca_bundle_patch(&[WEBHOOK_NAME], "PEM");
         assert_eq!(p["webhooks"][0]["name"], WEBHOOK_NAME);
-        assert_eq!(p["webhooks"][0]["caBundle"], "UEVN");
+        assert_eq!(p["webhooks"][0]["clientConfig"]["caBundle"], "UEVN");
     }
 }

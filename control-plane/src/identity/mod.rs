@@ -6,6 +6,8 @@
 //! publisher turns into the SDS `ROOTCA` secret.
 
 pub mod certify;
+pub mod kube_store;
+pub mod leader;
 pub mod rotation;
 pub mod serving;
 
@@ -98,6 +100,9 @@ pub enum CaSource {
     Memory,
     /// The user's CA (`--ca-cert`/`--ca-key`).
     User,
+    /// Self-signed root kept in a Kubernetes Secret, shared by every replica;
+    /// the elected leader creates and rotates it.
+    KubernetesSecret,
 }
 
 /// The CA, the token key and the trust bundle they publish.
@@ -116,6 +121,8 @@ pub struct Authority {
     /// Woken when the serving certificate must be re-issued now (new signer).
     serving_refresh: Notify,
     metrics: Arc<Metrics>,
+    /// The Kubernetes Secret the CA is kept in, with the leader election.
+    secret: Option<kube_store::SecretStore>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -216,6 +223,7 @@ impl Authority {
             }),
             serving_refresh: Notify::new(),
             metrics,
+            secret: None,
         }
     }
 
@@ -330,13 +338,28 @@ impl Authority {
         Ok(mesh_identity::tls::Credentials::new(issued.chain_der, key)?)
     }
 
-    /// Writes the CA to its directory (if it has one) and publishes the bundle.
-    fn persist_and_publish(&self) -> Result<(), CaError> {
-        let (bundle, expiry) = {
+    /// Writes the CA to its directory or Secret (if it has one) and publishes the
+    /// bundle. With a Secret, a replica that is no longer the leader (or lost a
+    /// race for the Secret) fails here instead of overwriting the leader's state.
+    async fn persist_and_publish(&self) -> anyhow::Result<()> {
+        let json = {
             let ca = self.read();
             if let Some(dir) = &self.dir {
                 ca.save(dir)?;
             }
+            self.secret.as_ref().map(|_| ca.to_json())
+        };
+        if let (Some(store), Some(json)) = (&self.secret, json) {
+            store.save(json).await?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Publishes the bundle and expiry of the CA now held.
+    fn publish(&self) {
+        let (bundle, expiry) = {
+            let ca = self.read();
             (ca.trust_bundle_pem(), ca.root_expiry())
         };
         self.metrics.ca_root_expiry.set(expiry);
@@ -348,7 +371,12 @@ impl Authority {
                 true
             }
         });
-        Ok(())
+    }
+
+    /// Leader election as this replica sees it; `None` without a CA Secret
+    /// (a lone controller always decides alone).
+    pub fn leadership(&self) -> Option<leader::Leadership> {
+        self.secret.as_ref().map(|s| s.leadership())
     }
 
     /// What `/debug/ca` shows.
@@ -372,6 +400,8 @@ impl Authority {
             root_expiry: ca.root_expiry(),
             workload_cert_ttl_seconds: self.workload_ttl.as_secs(),
             rotation: self.phase(),
+            leader: self.leadership().map(|l| l.leader),
+            holder: self.leadership().and_then(|l| l.holder),
         }
     }
 
@@ -414,6 +444,13 @@ pub struct CaDebug {
     pub workload_cert_ttl_seconds: u64,
     /// Where a root rotation stands.
     pub rotation: RotationPhase,
+    /// With the CA in a Kubernetes Secret: whether this replica is the leader
+    /// (the only one that creates or rotates the root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    /// With the CA in a Kubernetes Secret: who holds the leader Lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 #[cfg(test)]

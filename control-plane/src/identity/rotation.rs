@@ -78,6 +78,9 @@ pub enum RotateError {
         "the CA is user-provided (--ca-cert/--ca-key): rotate it by restarting with the new certificate and key"
     )]
     UserCa,
+    /// Only the elected leader rotates the shared root.
+    #[error("this replica is not the leader (the leader is {0}); ask it to rotate")]
+    NotLeader(String),
 }
 
 impl Authority {
@@ -117,6 +120,13 @@ impl Authority {
         if self.source == CaSource::User {
             return Err(RotateError::UserCa);
         }
+        if let Some(l) = self.leadership()
+            && !l.leader
+        {
+            return Err(RotateError::NotLeader(
+                l.holder.unwrap_or_else(|| "not elected yet".into()),
+            ));
+        }
         let now = mesh_identity::unix_now();
         {
             let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,7 +165,7 @@ impl Authority {
         // Phase 1: trust the new root everywhere.
         if add_root {
             self.write().add_root(self.root_ttl)?;
-            self.persist_and_publish()?;
+            self.persist_and_publish().await?;
         }
         let bundle = self.bundle_pem();
         tracing::info!(
@@ -199,7 +209,7 @@ impl Authority {
         }
         // Phase 2: sign with the new root.
         self.write().activate_newest()?;
-        self.persist_and_publish()?;
+        self.persist_and_publish().await?;
         self.serving_refresh.notify_one();
         let drain = self.workload_ttl + self.rotation_grace;
         let activated = mesh_identity::unix_now();
@@ -210,7 +220,7 @@ impl Authority {
         tokio::time::sleep(drain).await;
         // Phase 3: forget the old root.
         self.write().drop_inactive();
-        self.persist_and_publish()?;
+        self.persist_and_publish().await?;
         self.set_phase(RotationPhase::Idle {
             last_completed_unix: Some(mesh_identity::unix_now()),
         });

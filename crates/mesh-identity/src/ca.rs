@@ -285,6 +285,24 @@ impl CertificateAuthority {
         }
     }
 
+    /// The CA's whole state (every signer, its key and which one signs) as the JSON
+    /// [`CertificateAuthority::save`] writes to `ca.json`, so other stores (a
+    /// Kubernetes Secret) hold exactly what a directory would and the two stay
+    /// interchangeable.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.stored).expect("CA state serializes")
+    }
+
+    /// The CA from the JSON [`CertificateAuthority::to_json`] produced (or a
+    /// `ca.json` file held): the same checks as loading from a directory.
+    pub fn from_json(trust_domain: &str, json: &str) -> Result<Self, CaError> {
+        let stored: Stored = serde_json::from_str(json).map_err(|e| CaError::Config {
+            what: CA_FILE.into(),
+            reason: e.to_string(),
+        })?;
+        Self::from_stored(trust_domain, stored)
+    }
+
     /// Writes the CA to `dir` (owner-only permissions; the keys are in it).
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
         use std::io::Write;
@@ -295,7 +313,7 @@ impl CertificateAuthority {
             path: path.display().to_string(),
             source,
         };
-        let text = serde_json::to_string_pretty(&self.stored).expect("CA state serializes");
+        let text = self.to_json();
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -474,6 +492,18 @@ mod tests {
     use super::*;
     use crate::csr::WorkloadKey;
     use crate::svid::{identity_of, inspect};
+
+    #[test]
+    fn json_round_trip_keeps_every_signer() {
+        let mut ca =
+            CertificateAuthority::generate("cluster.local", Duration::from_secs(3600)).unwrap();
+        ca.add_root(Duration::from_secs(3600)).unwrap();
+        let back = CertificateAuthority::from_json("cluster.local", &ca.to_json()).unwrap();
+        assert_eq!(back.signers(), 2);
+        assert_eq!(back.trust_bundle_pem(), ca.trust_bundle_pem());
+        assert_eq!(back.to_json(), ca.to_json());
+        assert!(CertificateAuthority::from_json("cluster.local", "{}").is_err());
+    }
 
     fn id() -> Identity {
         Identity::new("cluster.local", "shop", "catalog")

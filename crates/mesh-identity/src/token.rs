@@ -104,6 +104,24 @@ impl TokenKey {
         }
     }
 
+    /// A fresh key as PKCS#8 bytes (what `token-key.pk8` holds), for stores other
+    /// than a directory: ring cannot export a parsed key, so the bytes are kept
+    /// from generation on.
+    pub fn generate_pkcs8() -> Vec<u8> {
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .expect("system RNG works")
+            .as_ref()
+            .to_vec()
+    }
+
+    /// The key from PKCS#8 bytes (a `token-key.pk8` kept in a Kubernetes Secret),
+    /// so every replica verifies the tokens any of them signed.
+    pub fn from_pkcs8(bytes: &[u8]) -> Result<Self, String> {
+        Ed25519KeyPair::from_pkcs8(bytes)
+            .map(|pair| TokenKey { pair })
+            .map_err(|e| format!("bad token key: {e}"))
+    }
+
     /// A token for `identity`, valid for `ttl_secs` from now.
     pub fn sign(&self, identity: &Identity, ttl_secs: u64) -> String {
         let now = crate::unix_now();

@@ -1,6 +1,10 @@
 //! `meshctl check`: is the mesh healthy? Grouped checks with ✔ / ⚠ / ✘ and a hint for
 //! every problem; the exit status is non-zero when anything failed.
 //!
+//! With a kubeconfig, a `Cluster` group (see [`crate::check_cluster`]) comes
+//! first: CRDs, the controller Deployment, the injection webhook, meshed
+//! namespaces.
+//!
 //! Gathering (HTTP to the controller and to each sidecar's admin port) is separate
 //! from judging: the `evaluate_*` functions are pure over the parsed JSON and the
 //! current time, so every threshold is unit-tested without a running mesh.
@@ -56,7 +60,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn ok(message: impl Into<String>) -> Finding {
+    pub(crate) fn ok(message: impl Into<String>) -> Finding {
         Finding {
             level: Level::Ok,
             message: message.into(),
@@ -64,7 +68,7 @@ impl Finding {
         }
     }
 
-    fn warn(message: impl Into<String>, hint: impl Into<String>) -> Finding {
+    pub(crate) fn warn(message: impl Into<String>, hint: impl Into<String>) -> Finding {
         Finding {
             level: Level::Warn,
             message: message.into(),
@@ -72,7 +76,7 @@ impl Finding {
         }
     }
 
-    fn fail(message: impl Into<String>, hint: impl Into<String>) -> Finding {
+    pub(crate) fn fail(message: impl Into<String>, hint: impl Into<String>) -> Finding {
         Finding {
             level: Level::Fail,
             message: message.into(),
@@ -361,7 +365,13 @@ pub fn render(groups: &[Group]) -> (String, Level) {
 
 /// Runs every check, prints the report, and fails when any check failed.
 pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
-    let groups = gather(&Controller::from_flag(&args.controller)).await;
+    // The cluster's view first: when the controller is not even deployed, that
+    // is the root cause the admin API's "unreachable" below follows from.
+    let mut groups = Vec::new();
+    if let Some(cluster) = crate::check_cluster::gather_if_configured(&args).await {
+        groups.push(cluster);
+    }
+    groups.extend(gather(&Controller::from_flag(&args.controller)).await);
     let (text, worst) = render(&groups);
     print!("{text}");
     if worst == Level::Fail {

@@ -32,7 +32,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Show what one sidecar holds: its certificate and trust bundle, or its xDS config.
     ProxyConfig(ProxyConfigArgs),
-    /// Check the mesh's health: controller, certificates and root expiry, proxy sync.
+    /// Check the mesh's health: cluster (CRDs, controller, webhook), controller,
+    /// certificates and root expiry, proxy sync.
     Check(CheckArgs),
     /// Add the mesh sidecar to the Pods and pod templates of a manifest (what the
     /// cluster's webhook does), printing the result for `kubectl apply -f -`.
@@ -217,6 +218,14 @@ pub struct CheckArgs {
     /// The controller's admin API.
     #[command(flatten)]
     pub controller: ControllerFlag,
+    /// Kubeconfig of the cluster to check (CRDs, controller Deployment, webhook,
+    /// meshed namespaces); `$KUBECONFIG` or `~/.kube/config` when omitted. With
+    /// none of them the cluster checks are skipped.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; the current one when omitted.
+    #[arg(long)]
+    pub context: Option<String>,
 }
 
 /// Flags of `meshctl inject`.

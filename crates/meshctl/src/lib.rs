@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod check_cluster;
 pub mod cli;
 pub mod controller;
 pub mod demo_app;

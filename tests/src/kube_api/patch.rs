@@ -1,8 +1,10 @@
-//! PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902).
+//! PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and strategic
+//! merge patch.
 //!
-//! Strategic merge patch and server-side apply are served as merge patches: close
-//! enough for labels, annotations and scalar fields, but lists are replaced whole
-//! rather than merged by key (a documented gap of the test server).
+//! Strategic merge patch (and server-side apply, served the same way) merges lists
+//! of objects by their `name`, which is the patch merge key of the lists the mesh
+//! patches (webhooks, containers, volumes, env); other lists are replaced whole.
+//! Directives such as `$patch` and field ownership are not implemented.
 
 use serde_json::Value;
 
@@ -22,6 +24,43 @@ pub fn merge(target: &mut Value, patch: &Value) {
         } else {
             merge(t.entry(k.clone()).or_insert(Value::Null), v);
         }
+    }
+}
+
+/// Applies a strategic merge patch: a merge patch whose lists of named objects
+/// merge element by element on `name`.
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    let named = |v: &Value| {
+        v.as_array().is_some_and(|a| {
+            !a.is_empty()
+                && a.iter()
+                    .all(|e| e.get("name").is_some_and(Value::is_string))
+        })
+    };
+    match (target, patch) {
+        (Value::Array(t), Value::Array(_)) if named(patch) => {
+            for item in patch.as_array().expect("checked") {
+                let name = &item["name"];
+                match t.iter_mut().find(|e| &e["name"] == name) {
+                    Some(existing) => strategic_merge(existing, item),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (target, Value::Object(p)) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let t = target.as_object_mut().expect("object");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
     }
 }
 
@@ -152,6 +191,22 @@ mod tests {
         let mut d = json!({"a": {"b": 1, "c": 2}, "l": [1]});
         merge(&mut d, &json!({"a": {"b": null, "d": 3}, "l": [2]}));
         assert_eq!(d, json!({"a": {"c": 2, "d": 3}, "l": [2]}));
+    }
+
+    #[test]
+    fn strategic_merge_merges_named_lists() {
+        let mut doc = serde_json::json!({"webhooks": [
+            {"name": "a", "clientConfig": {"service": {"name": "s"}}},
+            {"name": "b"}
+        ], "args": ["x", "y"]});
+        strategic_merge(
+            &mut doc,
+            &serde_json::json!({"webhooks": [{"name": "a", "clientConfig": {"caBundle": "Q0E="}}], "args": ["z"]}),
+        );
+        assert_eq!(doc["webhooks"][0]["clientConfig"]["service"]["name"], "s");
+        assert_eq!(doc["webhooks"][0]["clientConfig"]["caBundle"], "Q0E=");
+        assert_eq!(doc["webhooks"][1]["name"], "b");
+        assert_eq!(doc["args"], serde_json::json!(["z"]));
     }
 
     #[test]

@@ -943,7 +943,11 @@ impl Store {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("a merge patch must be a JSON object"));
                 }
-                super::patch::merge(&mut new, patch);
+                if kind == PatchKind::Merge {
+                    super::patch::merge(&mut new, patch);
+                } else {
+                    super::patch::strategic_merge(&mut new, patch);
+                }
             }
             PatchKind::Json => super::patch::json_patch(&mut new, patch).map_err(|e| ApiError {
                 code: 422,
