@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod authz;
 pub mod balancer;
+pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod headers;
