@@ -127,23 +127,48 @@ impl Controller {
         secure: SocketAddr,
         extra: &[&str],
     ) -> Controller {
-        let mut args: Vec<String> = vec![
+        let registry = vec![
             "--registry".into(),
             "file".into(),
             "--file".into(),
             file.display().to_string(),
+            // The CA lives beside the mesh file, so a restarted controller keeps it.
+            "--ca-dir".into(),
+            file.with_extension("ca").display().to_string(),
+        ];
+        Self::launch(registry, log_dir, (xds, admin, secure), extra).await
+    }
+
+    /// Starts `mesh-controller --registry kubernetes` with `kubeconfig` (for
+    /// example a `kube_api::KubeApi`'s) on fresh ports and waits until ready. The
+    /// CA is wherever `extra` says (`--ca-dir`), else in a Secret.
+    pub async fn start_kubernetes(kubeconfig: &Path, log_dir: &Path, extra: &[&str]) -> Controller {
+        let registry = vec![
+            "--registry".into(),
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ];
+        let addrs = (crate::free_addr(), crate::free_addr(), crate::free_addr());
+        Self::launch(registry, log_dir, addrs, extra).await
+    }
+
+    async fn launch(
+        mut args: Vec<String>,
+        log_dir: &Path,
+        (xds, admin, secure): (SocketAddr, SocketAddr, SocketAddr),
+        extra: &[&str],
+    ) -> Controller {
+        args.extend([
             "--xds-addr".into(),
             xds.to_string(),
             "--admin-addr".into(),
             admin.to_string(),
-            "--debounce-ms".into(),
-            "50".into(),
-            // The CA lives beside the mesh file, so a restarted controller keeps it.
-            "--ca-dir".into(),
-            file.with_extension("ca").display().to_string(),
             "--secure-xds-addr".into(),
             secure.to_string(),
-        ];
+            "--debounce-ms".into(),
+            "50".into(),
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::start("controller", &bin("mesh-controller"), &args, log_dir);
         let c = Controller {
@@ -153,10 +178,15 @@ impl Controller {
             secure,
         };
         let url = format!("http://{admin}/ready");
-        crate::eventually("controller ready", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move { crate::http::get_status(&url).await.filter(|s| *s == 200) }
-        })
+        let log = c.proc.log.clone();
+        crate::eventually(
+            &format!("controller ready (log {})", log.display()),
+            Duration::from_secs(15),
+            || {
+                let url = url.clone();
+                async move { crate::http::get_status(&url).await.filter(|s| *s == 200) }
+            },
+        )
         .await;
         c
     }

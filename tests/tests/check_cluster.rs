@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use mesh_tests::kube_api::KubeApi;
-use mesh_tests::process::{Proc, bin};
+use mesh_tests::process::{Controller, bin};
 use serde_json::{Value, json};
 
 /// A directory removed when the test ends.
@@ -189,37 +189,14 @@ async fn unreachable_api_server_fails_once() {
 
 /// Starts the real controller against `api` with its webhook on `webhook`;
 /// returns it and its admin address once ready.
-async fn controller(api: &KubeApi, dir: &Path, webhook: SocketAddr) -> (Proc, SocketAddr) {
+async fn controller(api: &KubeApi, dir: &Path, webhook: SocketAddr) -> (Controller, SocketAddr) {
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
-    let admin = mesh_tests::free_addr();
-    let args: Vec<String> = [
-        "--registry",
-        "kubernetes",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--webhook-addr",
-        &webhook.to_string(),
-        "--xds-addr",
-        &mesh_tests::free_addr().to_string(),
-        "--secure-xds-addr",
-        &mesh_tests::free_addr().to_string(),
-        "--admin-addr",
-        &admin.to_string(),
-        "--ca-dir",
-        dir.join("ca").to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let proc = Proc::start("controller", &bin("mesh-controller"), &args, dir);
-    let ready = format!("http://{admin}/ready");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while mesh_tests::http::get_status(&ready).await != Some(200) {
-        assert!(Instant::now() < deadline, "not ready:\n{}", proc.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (proc, admin)
+    let (webhook, ca) = (webhook.to_string(), dir.join("ca").display().to_string());
+    let extra = ["--webhook-addr", &webhook, "--ca-dir", &ca];
+    let controller = Controller::start_kubernetes(&kubeconfig, dir, &extra).await;
+    let admin = controller.admin;
+    (controller, admin)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -253,7 +230,7 @@ async fn installed_cluster_with_a_running_controller_passes() {
             "mesh-sidecar-injector",
         )
         .unwrap();
-    let (proc, admin) = controller(&api, &dir.0, webhook).await;
+    let (ctl, admin) = controller(&api, &dir.0, webhook).await;
 
     // caBundle as the controller's trust bundle, where the API server reads
     // it. Set here rather than left to the controller: its start-up patch
@@ -274,7 +251,7 @@ async fn installed_cluster_with_a_running_controller_passes() {
         assert!(
             Instant::now() < deadline,
             "controller never patched the webhook:\n{}",
-            proc.log_text()
+            ctl.proc.log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -305,7 +282,7 @@ async fn installed_cluster_with_a_running_controller_passes() {
     assert!(
         ok,
         "check failed:\n{out}\ncontroller log:\n{}",
-        proc.log_text()
+        ctl.proc.log_text()
     );
     for line in [
         "✔ CRD trafficpolicies.mesh.io is installed",
@@ -325,7 +302,7 @@ async fn installed_cluster_with_a_running_controller_passes() {
 
     // The same cluster with the controller gone: the admin API fails, and the
     // webhook is unreachable from here, which is a warning, not a failure.
-    drop(proc);
+    drop(ctl);
     let (ok, out) = check(
         &[
             "--kubeconfig",

@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_tests::kube_api::KubeApi;
-use mesh_tests::process::{Proc, bin};
+use mesh_tests::process::Controller;
 use mesh_tests::xds::Sotw;
 use mesh_xds::ProxyNode;
 use mesh_xds::types::ENDPOINT;
@@ -25,7 +25,7 @@ const PROMPTLY: Duration = Duration::from_secs(1);
 
 struct Mesh {
     api: KubeApi,
-    controller: Proc,
+    controller: Controller,
     xds: SocketAddr,
     admin: SocketAddr,
     _dir: TempDir,
@@ -58,41 +58,13 @@ impl Mesh {
         let dir = temp_dir(name);
         let kubeconfig = dir.0.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
-        let (xds, admin, secure) = (
-            mesh_tests::free_addr(),
-            mesh_tests::free_addr(),
-            mesh_tests::free_addr(),
-        );
-        let args: Vec<String> = [
-            "--registry",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--xds-addr",
-            &xds.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-            "--secure-xds-addr",
-            &secure.to_string(),
-            "--debounce-ms",
-            "50",
-            "--ca-dir",
-            &dir.0.join("ca").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let controller = Proc::start("controller", &bin("mesh-controller"), &args, &dir.0);
-        let ready = format!("http://{admin}/ready");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while mesh_tests::http::get_status(&ready).await != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "controller not ready:\n{}",
-                controller.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let controller = Controller::start_kubernetes(
+            &kubeconfig,
+            &dir.0,
+            &["--ca-dir", &dir.0.join("ca").display().to_string()],
+        )
+        .await;
+        let (xds, admin) = (controller.xds, controller.admin);
         Mesh {
             api,
             controller,
@@ -464,7 +436,7 @@ async fn a_410_relist_neither_loses_nor_duplicates_endpoints() {
         eps(&[("10.244.1.12:9080", false), ("10.244.2.17:9080", true)])
     );
     assert!(
-        m.controller.log_text().contains("410 Gone"),
+        m.controller.proc.log_text().contains("410 Gone"),
         "the relist is logged"
     );
 }
@@ -571,6 +543,6 @@ async fn service_account_tokens_are_checked_with_token_review() {
         certify(m.xds, join["token"].as_str().unwrap()).await,
         Ok("spiffe://cluster.local/ns/demo/sa/ops".to_string())
     );
-    let log = m.controller.log_text();
+    let log = m.controller.proc.log_text();
     assert!(log.contains("Kubernetes token rejected"), "{log}");
 }

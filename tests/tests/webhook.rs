@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mesh_tests::kube_api::KubeApi;
-use mesh_tests::process::{Proc, bin};
+use mesh_tests::process::Controller;
 use serde_json::{Value, json};
 
 /// The name the API server checks the webhook's certificate for: the
@@ -53,7 +53,7 @@ fn webhook_configuration() -> Value {
 
 struct Mesh {
     api: KubeApi,
-    controller: Proc,
+    controller: Controller,
     admin: SocketAddr,
     webhook: SocketAddr,
     _dir: TempDir,
@@ -72,44 +72,19 @@ impl Mesh {
         let dir = temp_dir(name);
         let kubeconfig = dir.0.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
-        let (xds, secure, admin, webhook) = (
-            mesh_tests::free_addr(),
-            mesh_tests::free_addr(),
-            mesh_tests::free_addr(),
-            mesh_tests::free_addr(),
-        );
-        let args: Vec<String> = [
-            "--registry",
-            "kubernetes",
-            "--kubeconfig",
-            &kubeconfig.display().to_string(),
-            "--webhook-addr",
-            &webhook.to_string(),
-            "--xds-addr",
-            &xds.to_string(),
-            "--secure-xds-addr",
-            &secure.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-            "--debounce-ms",
-            "50",
-            "--ca-dir",
-            &dir.0.join("ca").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let controller = Proc::start("controller", &bin("mesh-controller"), &args, &dir.0);
-        let ready = format!("http://{admin}/ready");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while mesh_tests::http::get_status(&ready).await != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "controller not ready:\n{}",
-                controller.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let webhook = mesh_tests::free_addr();
+        let controller = Controller::start_kubernetes(
+            &kubeconfig,
+            &dir.0,
+            &[
+                "--webhook-addr",
+                &webhook.to_string(),
+                "--ca-dir",
+                &dir.0.join("ca").display().to_string(),
+            ],
+        )
+        .await;
+        let admin = controller.admin;
         Mesh {
             api,
             controller,
@@ -158,7 +133,7 @@ impl Mesh {
             .unwrap_or_else(|e| {
                 panic!(
                     "TLS handshake verified against /ca/bundle for {WEBHOOK_HOST}: {e}\n{}",
-                    self.controller.log_text()
+                    self.controller.proc.log_text()
                 )
             });
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -347,7 +322,7 @@ async fn webhook_injects_over_verified_https_and_keeps_the_ca_bundle() {
         assert!(
             Instant::now() < deadline,
             "webhooks[0].clientConfig.caBundle not set to the trust bundle (configuration now {config}):\n{}",
-            mesh.controller.log_text()
+            mesh.controller.proc.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -424,7 +399,7 @@ async fn webhook_injects_over_verified_https_and_keeps_the_ca_bundle() {
         assert!(
             Instant::now() < deadline,
             "a pod in the unlabelled namespace still gets a patch:\n{}",
-            mesh.controller.log_text()
+            mesh.controller.proc.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
