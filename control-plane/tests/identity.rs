@@ -53,10 +53,7 @@ spec:
 "#;
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    mesh_tests::free_addr()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

@@ -26,12 +26,25 @@ pub fn unique_ip() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, a, b, c))
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 for a server a test is about to start.
+///
+/// Chosen below Linux's ephemeral range (32768+), which outgoing connections
+/// draw from: an ephemeral "free" port can be taken by any client socket
+/// between this check and the server's bind. Each test process walks its own
+/// sequence (seeded by its pid), so parallel tests do not collide either.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 20000;
+    const SPAN: u32 = 12000;
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (BASE + seed.wrapping_add(n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN)
 }
 
 /// A free address on 127.0.0.1.
