@@ -18,9 +18,8 @@ use mesh_controller::inject::{
 use mesh_controller::webhook::{self, NamespaceLookup};
 use mesh_identity::tls::{ALPN_H2, ClientAuth};
 use mesh_identity::{CertificateAuthority, Identity};
+use mesh_tests::strict::strict;
 use rustls::pki_types::ServerName;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 const REVIEW: &str = include_str!("inject_fixtures/admission-review-pod.json");
@@ -30,44 +29,6 @@ const WEBHOOK_HOST: &str = "mesh-controller.mesh-system.svc";
 // ---------------------------------------------------------------------------
 // Helpers: strict schema check and an RFC 6902 applier, independent of the code
 // under test.
-
-/// Deserializes `value` into `T`, serializes it back and fails with the path of
-/// every field that did not survive the round trip: k8s-openapi drops unknown
-/// fields silently, so a lost field is an unknown one.
-fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> T {
-    let typed: T = serde_json::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("does not deserialize: {e}\n{value:#}"));
-    let back = serde_json::to_value(&typed).unwrap();
-    let mut lost = Vec::new();
-    compare(value, &back, String::new(), &mut lost);
-    assert!(lost.is_empty(), "fields not in the schema: {lost:#?}");
-    typed
-}
-
-fn compare(input: &Value, output: &Value, path: String, lost: &mut Vec<String>) {
-    match (input, output) {
-        (Value::Null, _) => {}
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in a {
-                if v.is_null() {
-                    continue;
-                }
-                match b.get(k) {
-                    Some(w) => compare(v, w, format!("{path}.{k}"), lost),
-                    None => lost.push(format!("{path}.{k}")),
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (v, w)) in a.iter().zip(b).enumerate() {
-                compare(v, w, format!("{path}[{i}]"), lost);
-            }
-        }
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
-        (a, b) if a == b => {}
-        (a, b) => lost.push(format!("{path}: {a} became {b}")),
-    }
-}
 
 fn unescape(token: &str) -> String {
     token.replace("~1", "/").replace("~0", "~")
@@ -250,14 +211,14 @@ async fn webhook_patch_yields_a_valid_pod_with_both_containers() {
     let hook = start_webhook(None).await;
     let review = review();
     let original = pod_of(&review);
-    strict::<Pod>(&original);
+    strict::<Pod>(&original, "pod");
 
     let (_, patch) = hook.review(&review).await;
     let patch = patch.expect("a pod in a labelled namespace gets a patch");
     let mut patched = original.clone();
     apply_patch(&mut patched, &patch);
 
-    let pod: Pod = strict(&patched);
+    let pod: Pod = strict(&patched, "patched pod");
     let spec = pod.spec.as_ref().unwrap();
     let init = spec.init_containers.as_ref().unwrap();
     assert_eq!(init[0].name, "mesh-init");
@@ -495,13 +456,13 @@ fn patch_inserts_before_existing_init_containers_and_escapes_keys() {
 #[test]
 fn deployment_template_is_injected_and_stays_valid() {
     let original: Value = serde_json::from_str(DEPLOYMENT).unwrap();
-    strict::<Deployment>(&original);
+    strict::<Deployment>(&original, "deployment");
     let mut object = original.clone();
     assert_eq!(
         inject_object(&mut object, &InjectSettings::default()).unwrap(),
         ObjectOutcome::Injected
     );
-    let d: Deployment = strict(&object);
+    let d: Deployment = strict(&object, "injected deployment");
     let template = d.spec.unwrap().template;
     let init = template.spec.unwrap().init_containers.unwrap();
     assert_eq!(init.len(), 3);
@@ -553,14 +514,17 @@ fn pod_without_init_containers_volumes_or_annotations() {
     let mut patched = bare.clone();
     apply_patch(&mut patched, &patch);
     assert_eq!(patched, pod);
-    strict::<Pod>(&patched);
+    strict::<Pod>(&patched, "pod");
 }
 
 #[test]
 #[should_panic(expected = "fields not in the schema")]
 fn the_strict_check_catches_unknown_fields() {
-    strict::<Pod>(&json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-        "spec": {"containers": [{"name": "c", "image": "i", "restartPolicyy": "Always"}]},
-    }));
+    strict::<Pod>(
+        &json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "restartPolicyy": "Always"}]},
+        }),
+        "pod",
+    );
 }

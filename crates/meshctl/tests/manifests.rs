@@ -15,50 +15,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use mesh_tests::strict::strict;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
 // The strict round-trip check.
-
-fn strict<T: DeserializeOwned + Serialize>(value: &Value, origin: &str) -> T {
-    let typed: T = serde_json::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("{origin}: does not deserialize: {e}"));
-    let back = serde_json::to_value(&typed).unwrap();
-    let mut lost = Vec::new();
-    compare(value, &back, String::new(), &mut lost);
-    assert!(
-        lost.is_empty(),
-        "{origin}: fields not in the schema: {lost:#?}"
-    );
-    typed
-}
-
-fn compare(input: &Value, output: &Value, path: String, lost: &mut Vec<String>) {
-    match (input, output) {
-        (Value::Null, _) => {}
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in a {
-                if v.is_null() {
-                    continue;
-                }
-                match b.get(k) {
-                    Some(w) => compare(v, w, format!("{path}.{k}"), lost),
-                    None => lost.push(format!("{path}.{k}")),
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (v, w)) in a.iter().zip(b).enumerate() {
-                compare(v, w, format!("{path}[{i}]"), lost);
-            }
-        }
-        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => {}
-        (a, b) if a == b => {}
-        (a, b) => lost.push(format!("{path}: {a} became {b}")),
-    }
-}
 
 /// Every document of the install stream, as JSON, with its origin.
 fn documents() -> Vec<(String, Value)> {
