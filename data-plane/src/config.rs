@@ -14,7 +14,12 @@ pub enum XdsProtocol {
 
 /// Command-line settings of `mesh-proxy`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "mesh-proxy", about = "The mesh sidecar", version)]
+#[command(
+    name = "mesh-proxy",
+    about = "The mesh sidecar",
+    version,
+    after_help = "Waiting for a sidecar: mesh-proxy wait-ready [--admin-addr 127.0.0.1:15000] [--timeout 60]"
+)]
 pub struct ProxyArgs {
     /// The controller's xDS address. `https://host:port` connects with TLS (the
     /// controller's identity is checked against `--trust-anchors`); `http://` is

@@ -33,6 +33,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod wait_ready;
 pub mod xds_client;
 
 use std::net::SocketAddr;
@@ -298,7 +299,19 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Builds the runtime and runs the sidecar: the binary's whole `main`.
+/// The binary's command line: `mesh-proxy [FLAGS]` runs the sidecar, `mesh-proxy
+/// wait-ready [FLAGS]` waits for one ([`wait_ready`]). A subcommand beside the
+/// flat flags keeps every existing command line valid.
+pub fn cli_main(argv: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    if argv.get(1).is_some_and(|a| a == wait_ready::COMMAND) {
+        return wait_ready::main(wait_ready::WaitReadyArgs::parse_from(&argv[1..]));
+    }
+    init_tracing();
+    main(ProxyArgs::parse_from(argv))
+}
+
+/// Builds the runtime and runs the sidecar.
 ///
 /// The runtime has `--concurrency` workers (default 2, see [`ProxyArgs`]); with 1
 /// it is a current-thread runtime, which has the lowest per-request overhead.

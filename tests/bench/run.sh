@@ -3,7 +3,7 @@
 # markdown summary on stdout (progress and build output on stderr).
 #
 #   tests/bench/run.sh                 # all benchmarks, default sizes
-#   tests/bench/run.sh startup         # only some: startup convergence overhead xds-scale mtls
+#   tests/bench/run.sh startup         # only some: startup convergence overhead xds-scale mtls restart
 #   SCALE_PROXIES="1000 5000" tests/bench/run.sh xds-scale
 #
 # Everything runs on loopback and stops by itself; each benchmark has a hard time
@@ -18,7 +18,7 @@ bench="$bin_dir/mesh-bench"
 (cd "$root" && cargo build --release --workspace --bins) >&2
 
 which=("$@")
-[ ${#which[@]} -eq 0 ] && which=(startup convergence overhead xds-scale mtls)
+[ ${#which[@]} -eq 0 ] && which=(startup convergence overhead xds-scale mtls restart)
 
 echo "# mesh benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown))"
 echo
@@ -27,6 +27,7 @@ for b in "${which[@]}"; do
     startup)     cmd=("$bench" startup --runs 20 --max-seconds 300) ;;
     convergence) cmd=("$bench" convergence --runs 30 --debounce-ms 100,10 --max-seconds 300) ;;
     overhead)    cmd=("$bench" overhead --requests 20000 --concurrency 16 --rounds 2 --max-seconds 600) ;;
+    restart)     cmd=("$bench" restart --runs 20 --max-seconds 300) ;;
     mtls)        cmd=("$bench" mtls --connectors 8 --handshake-seconds 5 --requests 20000 --concurrency 16 --serial-requests 3000 --rounds 5 --max-seconds 600) ;;
     xds-scale)
       for n in ${SCALE_PROXIES:-1000}; do

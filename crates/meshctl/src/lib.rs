@@ -49,9 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Proxy(pass) => {
             up::process::exit_with_parent();
-            let args = mesh_proxy::ProxyArgs::parse_from(with_argv0("mesh-proxy", pass.args));
-            mesh_proxy::init_tracing();
-            mesh_proxy::main(args)
+            mesh_proxy::cli_main(with_argv0("mesh-proxy", pass.args).collect())
         }
         Command::Up(args) => {
             init_tracing("warn");

@@ -10,9 +10,13 @@
 //! mesh-bench overhead    --requests 20000 --concurrency 16
 //! mesh-bench xds-scale   --proxies 1000
 //! mesh-bench mtls        --connectors 8 --handshake-seconds 5 --requests 20000
+//! mesh-bench restart     --runs 20
 //! ```
 //! Results are printed as markdown. See docs/performance.md.
 #![forbid(unsafe_code)]
+
+#[path = "mesh-bench/restart.rs"]
+mod restart;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -121,6 +125,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// A crashed sidecar under `meshctl up`: SIGKILL -> respawned -> ready again.
+    Restart {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// (internal) The upstream HTTP server of `overhead`, run as its own process.
     Upstream {
         #[arg(long)]
@@ -203,6 +212,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Cmd::Restart { runs } => restart::restart(&env, runs).await,
             Cmd::Upstream { .. } | Cmd::TlsServer { .. } => unreachable!(),
         }
     });
@@ -299,6 +309,7 @@ impl Env {
             Cmd::Overhead { .. } => "overhead",
             Cmd::XdsScale { .. } => "xds-scale",
             Cmd::Mtls { .. } => "mtls",
+            Cmd::Restart { .. } => "restart",
             Cmd::Upstream { .. } => "upstream",
             Cmd::TlsServer { .. } => "tls-server",
         };
