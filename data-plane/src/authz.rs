@@ -1,5 +1,6 @@
 //! Authorization on the inbound side: Envoy's RBAC HTTP filter, decoded into a
-//! small tree and evaluated per request.
+//! small tree and evaluated per request, and its network twin for opaque TCP
+//! chains, evaluated once per connection on the caller alone.
 //!
 //! The controller puts a DENY filter (if any deny policy applies) and then an ALLOW
 //! filter (if any allow policy applies) in front of the router; the filters run in
@@ -9,11 +10,12 @@
 //! instead of silently allowing (or denying) traffic it does not understand.
 
 use envoy_types::pb::envoy::config::rbac::v3::{
-    Permission as EnvoyPermission, Principal as EnvoyPrincipal, permission, principal,
-    rbac::Action as EnvoyAction,
+    Permission as EnvoyPermission, Principal as EnvoyPrincipal, Rbac as RbacRules, permission,
+    principal, rbac::Action as EnvoyAction,
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, path_matcher, string_matcher};
 use envoy_types::pb::google::protobuf::Any;
 use mesh_xds::any::unpack;
@@ -365,9 +367,40 @@ pub fn decode_rbac(any: &Any) -> Result<Option<RbacFilter>, String> {
     if rbac.matcher.is_some() || rbac.shadow_matcher.is_some() {
         return Err("RBAC filter: matcher trees are not supported (use rules)".into());
     }
-    let Some(rules) = rbac.rules else {
+    rbac.rules.as_ref().map(decode_rules).transpose()
+}
+
+/// Decodes the `typed_config` of an `envoy.filters.network.rbac` filter (opaque
+/// TCP chains). A connection has no path or method, so permissions on them are
+/// refused rather than guessed at.
+pub fn decode_network_rbac(any: &Any) -> Result<Option<RbacFilter>, String> {
+    let rbac: NetworkRbac = unpack(any).map_err(|e| format!("network RBAC filter: {e}"))?;
+    if rbac.matcher.is_some() || rbac.shadow_matcher.is_some() {
+        return Err("network RBAC filter: matcher trees are not supported (use rules)".into());
+    }
+    let Some(filter) = rbac.rules.as_ref().map(decode_rules).transpose()? else {
         return Ok(None);
     };
+    fn connection_level(p: &Permission) -> bool {
+        match p {
+            Permission::Any => true,
+            Permission::Path(_) | Permission::Method(_) => false,
+            Permission::Or(v) | Permission::And(v) => v.iter().all(connection_level),
+            Permission::Not(p) => connection_level(p),
+        }
+    }
+    for policy in &filter.policies {
+        if !policy.permissions.iter().all(connection_level) {
+            return Err(format!(
+                "network RBAC policy {:?}: path and method permissions need HTTP",
+                policy.name
+            ));
+        }
+    }
+    Ok(Some(filter))
+}
+
+fn decode_rules(rules: &RbacRules) -> Result<RbacFilter, String> {
     let action = match EnvoyAction::try_from(rules.action) {
         Ok(EnvoyAction::Allow) => Action::Allow,
         Ok(EnvoyAction::Deny) => Action::Deny,
@@ -407,7 +440,7 @@ pub fn decode_rbac(any: &Any) -> Result<Option<RbacFilter>, String> {
                 .map_err(at)?,
         });
     }
-    Ok(Some(RbacFilter { action, policies }))
+    Ok(RbacFilter { action, policies })
 }
 
 #[cfg(test)]

@@ -8,13 +8,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HealthStatus, TrafficDirection, address, socket_address::PortSpecifier,
 };
 use envoy_types::pb::envoy::config::core::v3::{data_source, transport_socket};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
-use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
     RouteConfiguration, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
@@ -40,6 +42,10 @@ use prost::Name;
 use serde::Serialize;
 
 use crate::authz::{Authz, RBAC_FILTER, decode_rbac};
+use crate::tcp_listener::{
+    ChainMatch, ListenerFilters, TcpChainSpec, chain_match, is_tcp_chain, listener_filters,
+    tcp_chain,
+};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 
@@ -80,6 +86,12 @@ pub struct ListenerSpec {
     pub api_listener: bool,
     /// HTTP filter chains.
     pub chains: Vec<ChainSpec>,
+    /// TCP proxy filter chains (opaque ports).
+    pub tcp_chains: Vec<TcpChainSpec>,
+    /// The chain for connections no chain matches (outbound: passthrough).
+    pub default_chain: Option<TcpChainSpec>,
+    /// What the listener filters do.
+    pub listener_filters: ListenerFilters,
 }
 
 /// One filter chain: an optional destination port, its transport, its
@@ -90,6 +102,8 @@ pub struct ChainSpec {
     pub name: String,
     /// `filter_chain_match.destination_port`, the app port on the inbound listener.
     pub destination_port: Option<u16>,
+    /// The whole `filter_chain_match` (the outbound listener picks chains by it).
+    pub filter_match: ChainMatch,
     /// Whether the chain has a (mutual) TLS transport socket; chains without one
     /// take plaintext, which is how the controller expresses PERMISSIVE.
     pub tls: bool,
@@ -179,6 +193,9 @@ pub enum Discovery {
     Eds(String),
     /// Listed in the cluster itself.
     Static(Vec<EndpointSpec>),
+    /// ORIGINAL_DST: wherever the connection was going (the passthrough cluster).
+    #[serde(rename = "original_dst")]
+    OriginalDst,
 }
 
 /// One upstream endpoint and who runs there.
@@ -357,25 +374,19 @@ fn listener(l: &Listener) -> Result<ListenerSpec, String> {
         _ => Direction::Unspecified,
     };
     let mut chains = Vec::with_capacity(l.filter_chains.len());
+    let mut tcp_chains = Vec::new();
     for chain in &l.filter_chains {
         let label = if chain.name.is_empty() {
             "(unnamed)"
         } else {
             &chain.name
         };
-        let destination_port = chain
-            .filter_chain_match
-            .as_ref()
-            .and_then(|m| m.destination_port.as_ref())
-            .map(|p| {
-                u16::try_from(p.value).map_err(|_| {
-                    format!(
-                        "filter chain {label}: destination port {} is out of range",
-                        p.value
-                    )
-                })
-            })
-            .transpose()?;
+        let filter_match = chain_match(chain.filter_chain_match.as_ref(), label)?;
+        let destination_port = filter_match.destination_port;
+        if is_tcp_chain(chain) {
+            tcp_chains.push(tcp_chain(chain, label, chain_tls(chain, label)?)?);
+            continue;
+        }
         let hcm = chain
             .filters
             .iter()
@@ -391,47 +402,60 @@ fn listener(l: &Listener) -> Result<ListenerSpec, String> {
             .ok_or_else(|| format!("filter chain {label} has no HTTP connection manager"))?;
         let hcm: HttpConnectionManager =
             unpack(hcm).map_err(|e| format!("filter chain {label}: {e}"))?;
-        let tls = match &chain.transport_socket {
-            None => false,
-            Some(ts) => {
-                match &ts.config_type {
-                    Some(transport_socket::ConfigType::TypedConfig(any))
-                        if any.type_url == DownstreamTlsContext::type_url() =>
-                    {
-                        let _: DownstreamTlsContext = unpack(any)
-                            .map_err(|e| format!("filter chain {label}: TLS context: {e}"))?;
-                    }
-                    _ if ts.name == TLS_TRANSPORT_SOCKET => {
-                        return Err(format!(
-                            "filter chain {label}: TLS transport socket without a DownstreamTlsContext"
-                        ));
-                    }
-                    _ => {
-                        return Err(format!(
-                            "filter chain {label}: transport socket {:?} is not supported",
-                            ts.name
-                        ));
-                    }
-                }
-                true
-            }
-        };
+        let tls = chain_tls(chain, label)?;
         let authz = http_filters(&hcm).map_err(|e| format!("filter chain {label}: {e}"))?;
         chains.push(ChainSpec {
             name: chain.name.clone(),
             destination_port,
+            filter_match,
             tls,
             authz: Arc::new(authz),
             routes: hcm_routes(&hcm).map_err(|e| format!("filter chain {label}: {e}"))?,
         });
     }
+    let default_chain = match &l.default_filter_chain {
+        Some(chain) if is_tcp_chain(chain) => Some(tcp_chain(
+            chain,
+            "(default)",
+            chain_tls(chain, "(default)")?,
+        )?),
+        Some(_) => return Err("the default filter chain must be a tcp_proxy chain".into()),
+        None => None,
+    };
     Ok(ListenerSpec {
         name: l.name.clone(),
         address,
         direction,
         api_listener,
         chains,
+        tcp_chains,
+        default_chain,
+        listener_filters: listener_filters(&l.listener_filters)?,
     })
+}
+
+/// Whether a chain terminates (mutual) TLS: its transport socket must be the
+/// TLS one with a `DownstreamTlsContext`; no socket means plaintext.
+fn chain_tls(chain: &FilterChain, label: &str) -> Result<bool, String> {
+    let Some(ts) = &chain.transport_socket else {
+        return Ok(false);
+    };
+    match &ts.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any))
+            if any.type_url == DownstreamTlsContext::type_url() =>
+        {
+            let _: DownstreamTlsContext =
+                unpack(any).map_err(|e| format!("filter chain {label}: TLS context: {e}"))?;
+            Ok(true)
+        }
+        _ if ts.name == TLS_TRANSPORT_SOCKET => Err(format!(
+            "filter chain {label}: TLS transport socket without a DownstreamTlsContext"
+        )),
+        _ => Err(format!(
+            "filter chain {label}: transport socket {:?} is not supported",
+            ts.name
+        )),
+    }
 }
 
 /// The HTTP filters of an HCM: RBAC filters are decoded, the router is implied,
@@ -547,6 +571,12 @@ fn cluster(c: &Cluster) -> Result<ClusterSpec, String> {
             Some(a) => load_assignment(a)?.endpoints,
             None => Vec::new(),
         }),
+        DiscoveryType::OriginalDst => {
+            if c.lb_policy != LbPolicy::ClusterProvided as i32 {
+                return Err("an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED".into());
+            }
+            Discovery::OriginalDst
+        }
         other => {
             return Err(format!(
                 "discovery type {} is not supported",

@@ -20,7 +20,7 @@ use crate::authz::{Attributes, Authz, Verdict};
 use crate::headers::{
     DESTINATION_SERVICE, SOURCE_NAMESPACE, SOURCE_WORKLOAD, TARGET_PORT, label_value, strip_mesh,
 };
-use crate::metrics::{DeniedLabels, MUTUAL_TLS, Reporter, RequestLabels, UNKNOWN};
+use crate::metrics::{MUTUAL_TLS, Reporter, RequestLabels, UNKNOWN};
 use crate::routing::{ClusterRt, EndpointRt};
 use crate::server::ConnInfo;
 use crate::state::ProxyState;
@@ -71,6 +71,13 @@ fn choose(
                     ));
                 }
             }
+        }
+        // Captured plaintext (PERMISSIVE) says its port by where it was going.
+        None if conn
+            .original_dst
+            .is_some_and(|d| table.ports.contains_key(&d.port())) =>
+        {
+            conn.original_dst.map_or(0, |d| d.port())
         }
         None => match table.ports.keys().collect::<Vec<_>>()[..] {
             [only] => *only,
@@ -160,13 +167,7 @@ fn authorize(
     };
     state
         .metrics
-        .authz_denied
-        .get_or_create(&DeniedLabels {
-            destination_workload: state.me.workload.clone(),
-            destination_namespace: state.me.namespace.clone(),
-            reason: reason.as_str(),
-        })
-        .inc();
+        .count_denied(&state.me.workload, &state.me.namespace, reason.as_str());
     let caller = conn
         .principal
         .as_deref()

@@ -26,11 +26,16 @@ pub mod headers;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod original_dst;
 pub mod outbound;
+pub mod preface;
 pub mod routing;
 pub mod server;
+pub mod sniff;
 pub mod state;
 pub mod store;
+pub mod tcp;
+pub mod tcp_listener;
 pub mod tls;
 pub mod upstream;
 pub mod wait_ready;
@@ -179,7 +184,7 @@ pub async fn start_with(
         s.clone(),
         Some(Reporter::Source),
         grace,
-        Transport::Plain,
+        Transport::Outbound,
         move |req, _| outbound::handle(s.clone(), req),
     ));
     let s = state.clone();

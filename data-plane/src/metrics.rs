@@ -101,9 +101,66 @@ pub struct DeniedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the `mesh_tcp_*` metrics: the request labels without the
+/// per-request ones (`response_code`, `grpc_status`).
+///
+/// Connections served as HTTP are counted with their peers `unknown` (one
+/// connection carries many requests; `mesh_requests_total` has the detail) and
+/// `request_protocol="http"`; proxied TCP connections with every label known and
+/// `request_protocol="tcp"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReporterLabels {
-    reporter: &'static str,
+pub struct TcpLabels {
+    /// `source` or `destination`.
+    pub reporter: &'static str,
+    /// Calling workload.
+    pub source_workload: String,
+    /// Calling workload's namespace.
+    pub source_namespace: String,
+    /// Caller's SPIFFE ID, as verified by mutual TLS (`unknown` without it).
+    pub source_principal: String,
+    /// Called service FQDN (`unknown` for passthrough).
+    pub destination_service: String,
+    /// Called workload.
+    pub destination_workload: String,
+    /// Called workload's namespace.
+    pub destination_namespace: String,
+    /// Callee's SPIFFE ID, as verified by mutual TLS (`unknown` without it).
+    pub destination_principal: String,
+    /// `tcp` for proxied connections, `http` for connections served as HTTP.
+    pub request_protocol: &'static str,
+    /// `mutual_tls` when the hop between sidecars was mutual TLS, else `none`.
+    pub connection_security_policy: &'static str,
+}
+
+impl TcpLabels {
+    /// The label set of a connection whose peers are not (yet) known.
+    pub fn unknown(reporter: Reporter, request_protocol: &'static str) -> TcpLabels {
+        TcpLabels {
+            reporter: reporter.as_str(),
+            source_workload: UNKNOWN.into(),
+            source_namespace: UNKNOWN.into(),
+            source_principal: UNKNOWN.into(),
+            destination_service: UNKNOWN.into(),
+            destination_workload: UNKNOWN.into(),
+            destination_namespace: UNKNOWN.into(),
+            destination_principal: UNKNOWN.into(),
+            request_protocol,
+            connection_security_policy: "none",
+        }
+    }
+}
+
+/// The counters of one proxied TCP connection's label set.
+#[derive(Debug, Clone)]
+pub struct TcpStats {
+    /// `mesh_tcp_connections_opened_total`.
+    pub opened: Counter,
+    /// `mesh_tcp_connections_closed_total`.
+    pub closed: Counter,
+    /// `mesh_tcp_sent_bytes_total`: bytes towards the caller (responses).
+    pub sent: Counter,
+    /// `mesh_tcp_received_bytes_total`: bytes from the caller (requests).
+    pub received: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -116,8 +173,10 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
-    opened: Family<ReporterLabels, Counter>,
-    closed: Family<ReporterLabels, Counter>,
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    sent_bytes: Family<TcpLabels, Counter>,
+    received_bytes: Family<TcpLabels, Counter>,
     /// `mesh_proxy_xds_connected`: 1 while an ADS stream is up.
     pub xds_connected: Gauge,
     /// `mesh_proxy_cert_expiry_timestamp_seconds`: when the workload certificate
@@ -147,8 +206,10 @@ impl Metrics {
         let durations = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
-        let opened = Family::<ReporterLabels, Counter>::default();
-        let closed = Family::<ReporterLabels, Counter>::default();
+        let opened = Family::<TcpLabels, Counter>::default();
+        let closed = Family::<TcpLabels, Counter>::default();
+        let sent_bytes = Family::<TcpLabels, Counter>::default();
+        let received_bytes = Family::<TcpLabels, Counter>::default();
         let xds_connected = Gauge::default();
         let cert_expiry = Gauge::default();
         let authz_denied = Family::<DeniedLabels, Counter>::default();
@@ -191,6 +252,16 @@ impl Metrics {
             closed.clone(),
         );
         registry.register(
+            "mesh_tcp_sent_bytes",
+            "Bytes sent towards the caller on proxied TCP connections",
+            sent_bytes.clone(),
+        );
+        registry.register(
+            "mesh_tcp_received_bytes",
+            "Bytes received from the caller on proxied TCP connections",
+            received_bytes.clone(),
+        );
+        registry.register(
             "mesh_proxy_xds_connected",
             "Whether the ADS stream to the controller is up",
             xds_connected.clone(),
@@ -201,6 +272,8 @@ impl Metrics {
             durations,
             opened,
             closed,
+            sent_bytes,
+            received_bytes,
             xds_connected,
             cert_expiry,
             authz_denied,
@@ -209,22 +282,40 @@ impl Metrics {
         }
     }
 
-    /// Counts an accepted downstream connection.
+    /// Counts an accepted downstream connection served as HTTP (or refused).
     pub fn connection_opened(&self, reporter: Reporter) {
         self.opened
-            .get_or_create(&ReporterLabels {
-                reporter: reporter.as_str(),
+            .get_or_create(&TcpLabels::unknown(reporter, "http"))
+            .inc();
+    }
+
+    /// Counts a closed downstream connection served as HTTP (or refused).
+    pub fn connection_closed(&self, reporter: Reporter) {
+        self.closed
+            .get_or_create(&TcpLabels::unknown(reporter, "http"))
+            .inc();
+    }
+
+    /// Counts one request or connection denied by authorization policy at
+    /// `workload.namespace`.
+    pub fn count_denied(&self, workload: &str, namespace: &str, reason: &'static str) {
+        self.authz_denied
+            .get_or_create(&DeniedLabels {
+                destination_workload: workload.to_string(),
+                destination_namespace: namespace.to_string(),
+                reason,
             })
             .inc();
     }
 
-    /// Counts a closed downstream connection.
-    pub fn connection_closed(&self, reporter: Reporter) {
-        self.closed
-            .get_or_create(&ReporterLabels {
-                reporter: reporter.as_str(),
-            })
-            .inc();
+    /// The TCP counters of one label set.
+    pub fn tcp(&self, labels: &TcpLabels) -> TcpStats {
+        TcpStats {
+            opened: self.opened.get_or_create(labels).clone(),
+            closed: self.closed.get_or_create(labels).clone(),
+            sent: self.sent_bytes.get_or_create(labels).clone(),
+            received: self.received_bytes.get_or_create(labels).clone(),
+        }
     }
 
     /// The handles for one complete label set.
@@ -322,7 +413,15 @@ mod tests {
         assert!(text.contains("response_code=\"503\""));
         assert!(text.contains("mesh_request_duration_seconds_bucket{"));
         assert!(text.contains("le=\"0.0025\""));
-        assert!(text.contains("mesh_tcp_connections_opened_total{reporter=\"destination\"} 1"));
+        assert!(text.contains("mesh_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"unknown\",source_namespace=\"unknown\",source_principal=\"unknown\",destination_service=\"unknown\",destination_workload=\"unknown\",destination_namespace=\"unknown\",destination_principal=\"unknown\",request_protocol=\"http\",connection_security_policy=\"none\"} 1"), "{text}");
+        let tcp = m.tcp(&TcpLabels {
+            destination_service: "db.shop.svc.cluster.local".into(),
+            ..TcpLabels::unknown(Reporter::Source, "tcp")
+        });
+        tcp.opened.inc();
+        tcp.sent.inc_by(42);
+        let text = m.encode();
+        assert!(text.contains("mesh_tcp_sent_bytes_total{reporter=\"source\",source_workload=\"unknown\",source_namespace=\"unknown\",source_principal=\"unknown\",destination_service=\"db.shop.svc.cluster.local\",destination_workload=\"unknown\",destination_namespace=\"unknown\",destination_principal=\"unknown\",request_protocol=\"tcp\",connection_security_policy=\"none\"} 42"), "{text}");
         assert!(text.contains("mesh_proxy_xds_connected 1"));
     }
 }

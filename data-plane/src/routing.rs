@@ -20,6 +20,7 @@ use crate::decode::{
 };
 use crate::metrics::{Reporter, RequestLabels, StatsCache, UNKNOWN};
 use crate::store::Store;
+use crate::tcp_listener::TcpTables;
 
 /// Who this proxy is; part of every outbound metric label set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct ClusterRt {
     pub http2: bool,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// An ORIGINAL_DST cluster: connections go where they were addressed.
+    pub original_dst: bool,
     /// Endpoints (empty when none, or EDS not received yet).
     pub endpoints: Vec<Arc<EndpointRt>>,
     balancer: RoundRobin,
@@ -202,6 +205,8 @@ pub struct ProxyConfig {
     pub outbound: Option<RouteTable>,
     /// Inbound ports; `None` until the inbound listener arrived.
     pub inbound: Option<InboundTable>,
+    /// The TCP side of both listeners (chain selection, opaque ports).
+    pub tcp: TcpTables,
     /// Clusters by name.
     pub clusters: HashMap<String, Arc<ClusterRt>>,
     /// The resources this was built from (for `/config_dump`).
@@ -232,7 +237,7 @@ impl ProxyConfig {
         for spec in store.clusters() {
             let assignment = match &spec.discovery {
                 Discovery::Eds(name) => store.endpoints(name).cloned(),
-                Discovery::Static(_) => None,
+                Discovery::Static(_) | Discovery::OriginalDst => None,
             };
             let reused = prev.clusters.get(&spec.name).filter(|old| {
                 Arc::ptr_eq(&old.spec, spec)
@@ -262,8 +267,9 @@ impl ProxyConfig {
 
         let inbound = pick_listener(store, names::INBOUND, Direction::Inbound).map(|l| {
             let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
-            let accepts_plaintext = l.chains.iter().any(|c| !c.tls);
-            let accepts_tls = l.chains.iter().any(|c| c.tls);
+            let accepts_plaintext =
+                l.chains.iter().any(|c| !c.tls) || l.tcp_chains.iter().any(|c| !c.tls);
+            let accepts_tls = l.chains.iter().any(|c| c.tls) || l.tcp_chains.iter().any(|c| c.tls);
             for chain in &l.chains {
                 let Some(port) = chain.destination_port else {
                     continue;
@@ -299,9 +305,15 @@ impl ProxyConfig {
             }
         });
 
+        let tcp = TcpTables::build(
+            pick_listener(store, names::OUTBOUND, Direction::Outbound).as_deref(),
+            pick_listener(store, names::INBOUND, Direction::Inbound).as_deref(),
+            &clusters,
+        );
         ProxyConfig {
             outbound,
             inbound,
+            tcp,
             clusters,
             store: store.clone(),
         }
@@ -324,7 +336,7 @@ fn cluster_rt(
     let specs: &[EndpointSpec] = match (&spec.discovery, &assignment) {
         (Discovery::Static(eps), _) => eps,
         (Discovery::Eds(_), Some(a)) => &a.endpoints,
-        (Discovery::Eds(_), None) => &[],
+        (Discovery::Eds(_), None) | (Discovery::OriginalDst, _) => &[],
     };
     let endpoints = specs
         .iter()
@@ -361,6 +373,7 @@ fn cluster_rt(
         service,
         http2: spec.http2,
         connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+        original_dst: spec.discovery == Discovery::OriginalDst,
         endpoints,
         balancer: RoundRobin::new(),
         no_endpoint_stats: StatsCache::new(base),

@@ -126,7 +126,7 @@ impl Store {
         self.clusters()
             .filter_map(|c| match &c.discovery {
                 Discovery::Eds(name) => Some(name.clone()),
-                Discovery::Static(_) => None,
+                Discovery::Static(_) | Discovery::OriginalDst => None,
             })
             .collect()
     }

@@ -17,8 +17,14 @@ use rustls::{ClientConfig, ServerConfig};
 use serde::Serialize;
 use tokio::sync::watch;
 
-/// ALPN the inbound side offers: HTTP/2 between sidecars, HTTP/1.1 for others.
-pub const INBOUND_ALPN: [&[u8]; 2] = [ALPN_H2, b"http/1.1"];
+/// ALPN of a proxied TCP connection between sidecars.
+pub const ALPN_MESH_TCP: &[u8] = mesh_xds::resources::ALPN_MESH_TCP.as_bytes();
+/// ALPN of HTTP/1.1 (an Upgrade request between sidecars).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// ALPN the inbound side offers: HTTP/2 between sidecars, HTTP/1.1 for others
+/// (and Upgrade requests), `mesh-tcp` for proxied TCP connections.
+pub const INBOUND_ALPN: [&[u8]; 3] = [ALPN_H2, ALPN_HTTP1, ALPN_MESH_TCP];
 
 /// Where the trust bundle in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,8 +50,13 @@ pub struct Bundle {
 /// Configurations built from the current certificate and bundle.
 #[derive(Debug)]
 pub struct TlsConfigs {
-    /// Outbound to other sidecars: presents our certificate, verifies theirs.
+    /// Outbound to other sidecars: presents our certificate, verifies theirs
+    /// (ALPN `h2`, the pooled HTTP connections).
     pub client: Arc<ClientConfig>,
+    /// The same, with ALPN `mesh-tcp`: one connection per proxied TCP connection.
+    pub client_tcp: Arc<ClientConfig>,
+    /// The same, with ALPN `http/1.1`: one connection per Upgrade request.
+    pub client_http1: Arc<ClientConfig>,
     /// Inbound from other sidecars: client certificates required.
     pub server: Arc<ServerConfig>,
     /// Our identity (from the certificate).
@@ -131,10 +142,19 @@ impl TlsState {
         }
         let client =
             client_config(Some(creds), &bundle.anchors, &[ALPN_H2]).map_err(|e| e.to_string())?;
+        let with_alpn = |alpn: &[u8]| {
+            let mut config = (*client).clone();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(config)
+        };
+        let client_tcp = with_alpn(ALPN_MESH_TCP);
+        let client_http1 = with_alpn(ALPN_HTTP1);
         let server = server_config(creds, &bundle.anchors, ClientAuth::Required, &INBOUND_ALPN)
             .map_err(|e| e.to_string())?;
         Ok(TlsConfigs {
             client,
+            client_tcp,
+            client_http1,
             server,
             identity: creds.identity.clone(),
             spiffe_id: creds.identity.to_string().into(),

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream as ClientTlsStream;
 
 use crate::headers::strip_hop_by_hop;
 
@@ -123,6 +124,49 @@ pub struct Mtls {
     pub expected: Arc<str>,
 }
 
+/// A TCP connection to `addr` (Nagle off) within `timeout`.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let connect_err = |reason: String| UpstreamError::Connect { addr, reason };
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_err(format!("timed out after {} ms", timeout.as_millis())))?
+        .map_err(|e| connect_err(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A mutual-TLS connection to the sidecar at `addr` whose certificate proves
+/// `mtls.expected`; on any other identity no byte of the caller's is sent.
+///
+/// The ALPN offered is `mtls.config`'s: `h2` for pooled HTTP, `mesh-tcp` for a
+/// proxied TCP connection, `http/1.1` for an Upgrade request.
+pub async fn connect_mtls(
+    addr: SocketAddr,
+    mtls: &Mtls,
+    timeout: Duration,
+) -> Result<ClientTlsStream<TcpStream>, UpstreamError> {
+    let connect_err = |reason: String| UpstreamError::Connect { addr, reason };
+    let stream = connect_tcp(addr, timeout).await?;
+    let tls = tokio::time::timeout(
+        timeout,
+        TlsConnector::from(mtls.config.clone())
+            .connect(mesh_identity::tls::mesh_server_name(), stream),
+    )
+    .await
+    .map_err(|_| connect_err("TLS handshake timed out".into()))?
+    .map_err(|e| connect_err(format!("TLS handshake: {e}")))?;
+    let actual = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates())
+        .map(|id| id.to_string());
+    if actual.as_deref() != Some(&*mtls.expected) {
+        return Err(UpstreamError::IdentityMismatch {
+            addr,
+            expected: mtls.expected.to_string(),
+            actual: actual.unwrap_or_else(|| "without a mesh identity".into()),
+        });
+    }
+    Ok(tls)
+}
+
 /// Pool key: the address and, for mutual TLS, the identity it must have.
 type PoolKey = (SocketAddr, Option<Arc<str>>);
 
@@ -169,11 +213,6 @@ impl H2Pool {
             return Ok(s);
         }
         let connect_err = |reason: String| UpstreamError::Connect { addr, reason };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| connect_err(format!("timed out after {} ms", timeout.as_millis())))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
         let mut h2 = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -181,6 +220,7 @@ impl H2Pool {
             .adaptive_window(true);
         let sender = match mtls {
             None => {
+                let stream = connect_tcp(addr, timeout).await?;
                 let (sender, conn) = h2
                     .handshake(TokioIo::new(stream))
                     .await
@@ -193,23 +233,7 @@ impl H2Pool {
                 sender
             }
             Some(m) => {
-                let tls = tokio::time::timeout(
-                    timeout,
-                    TlsConnector::from(m.config.clone())
-                        .connect(mesh_identity::tls::mesh_server_name(), stream),
-                )
-                .await
-                .map_err(|_| connect_err("TLS handshake timed out".into()))?
-                .map_err(|e| connect_err(format!("TLS handshake: {e}")))?;
-                let actual = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates())
-                    .map(|id| id.to_string());
-                if actual.as_deref() != Some(&*m.expected) {
-                    return Err(UpstreamError::IdentityMismatch {
-                        addr,
-                        expected: m.expected.to_string(),
-                        actual: actual.unwrap_or_else(|| "without a mesh identity".into()),
-                    });
-                }
+                let tls = connect_mtls(addr, m, timeout).await?;
                 let (sender, conn) = h2
                     .handshake(TokioIo::new(tls))
                     .await

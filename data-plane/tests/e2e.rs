@@ -324,7 +324,7 @@ async fn full_path(protocol: XdsProtocol) {
         "{metrics}"
     );
     assert!(metrics.contains("mesh_proxy_xds_connected 1"), "{metrics}");
-    assert!(metrics.contains("mesh_tcp_connections_opened_total{reporter=\"source\"}"));
+    assert!(metrics.contains("mesh_tcp_connections_opened_total{reporter=\"source\","));
     let (_, metrics) = get(server.admin_addr, "/metrics").await;
     assert!(
         metrics.contains("mesh_requests_total{reporter=\"destination\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"unknown\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"unknown\",response_code=\"200\""),

@@ -10,6 +10,7 @@ mod error;
 mod identity;
 mod model;
 mod objects;
+mod opaque;
 mod parse;
 
 pub use error::{ModelError, ModelErrorKind};
@@ -19,6 +20,9 @@ pub use objects::{
     AuthorizationAction, AuthorizationOperation, AuthorizationPolicy, AuthorizationRule,
     AuthorizationSource, ExplicitEndpoint, MtlsMode, Namespace, Object, ObjectKey, Service,
     ServicePort, TargetPort, Workload, WorkloadPort,
+};
+pub use opaque::{
+    OPAQUE_APP_PROTOCOLS, OPAQUE_PORTS_ANNOTATION, apply_opaque_ports, is_opaque_protocol,
 };
 pub use parse::{parse_document, parse_documents, render_documents};
 

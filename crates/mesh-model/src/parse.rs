@@ -327,6 +327,14 @@ fn parse_service(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErro
             app_protocol: p.app_protocol.clone(),
         });
     }
+    if let Some(value) = raw.metadata.annotations.get(crate::OPAQUE_PORTS_ANNOTATION) {
+        crate::apply_opaque_ports(value, &mut ports).map_err(|reason| {
+            invalid(
+                format!("metadata.annotations[{}]", crate::OPAQUE_PORTS_ANNOTATION),
+                reason,
+            )
+        })?;
+    }
     let cluster_ip = match spec.cluster_ip.as_deref() {
         None | Some("") | Some("None") => None,
         Some(ip) => Some(

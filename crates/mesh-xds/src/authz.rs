@@ -4,10 +4,12 @@
 //! operations OR-ed as permissions, fields within a source or operation AND-ed).
 //! The inbound HTTP chain gets a DENY filter with every DENY policy, then an ALLOW
 //! filter with every ALLOW policy, which is exactly "DENY first, then ALLOW; no ALLOW
-//! policy means allow".
+//! policy means allow". Opaque TCP chains get the same policies as network RBAC
+//! filters ([`network_rbac_filters`]), which see only the caller.
 
 use std::collections::HashMap;
 
+use envoy_types::pb::envoy::config::listener::v3::{Filter, filter::ConfigType};
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac as RbacRules, permission, principal, rbac::Action,
 };
@@ -16,6 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     PathMatcher, StringMatcher, path_matcher, string_matcher,
 };
@@ -27,6 +30,8 @@ use crate::any::pack;
 
 /// The well-known name of Envoy's RBAC HTTP filter.
 pub const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// The well-known name of Envoy's RBAC network filter (opaque TCP chains).
+pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
 
 /// `*` suffix = prefix match, else exact.
 fn string_matcher(pattern: &str) -> StringMatcher {
@@ -168,11 +173,7 @@ fn operation(o: &AuthorizationOperation) -> Permission {
 
 fn rbac_filter(action: Action, policies: HashMap<String, Policy>) -> HttpFilter {
     let config = Rbac {
-        rules: Some(RbacRules {
-            action: action as i32,
-            policies,
-            ..Default::default()
-        }),
+        rules: Some(rbac_rules(action, policies)),
         ..Default::default()
     };
     HttpFilter {
@@ -182,11 +183,46 @@ fn rbac_filter(action: Action, policies: HashMap<String, Policy>) -> HttpFilter 
     }
 }
 
-/// The RBAC filters for a workload's `policies` (as returned by
-/// `Model::authorization_policies`): a DENY filter if any DENY policy applies, an
-/// ALLOW filter if any ALLOW policy applies. Policy names are
-/// `<namespace>/<name>[<rule index>]`.
-pub fn rbac_filters(policies: &[&AuthorizationPolicy], trust_domain: &str) -> Vec<HttpFilter> {
+fn rbac_rules(action: Action, policies: HashMap<String, Policy>) -> RbacRules {
+    RbacRules {
+        action: action as i32,
+        policies,
+        ..Default::default()
+    }
+}
+
+fn network_rbac_filter(action: Action, policies: HashMap<String, Policy>) -> Filter {
+    let config = NetworkRbac {
+        rules: Some(rbac_rules(action, policies)),
+        stat_prefix: format!("{}.", action.as_str_name().to_ascii_lowercase()),
+        ..Default::default()
+    };
+    Filter {
+        name: NETWORK_RBAC_FILTER.into(),
+        config_type: Some(ConfigType::TypedConfig(pack(&config))),
+    }
+}
+
+/// Which layer a filter set is for: the network filter cannot see paths or
+/// methods.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Http,
+    Network,
+}
+
+/// The DENY and ALLOW policy sets of `policies`, and whether an ALLOW filter is
+/// needed at all.
+///
+/// For the network layer, rules with `to` (paths, methods) are treated as Istio
+/// does for TCP workloads: in an ALLOW policy such a rule never matches (it is
+/// left out, so it allows nothing); in a DENY policy its operations are dropped,
+/// so it denies its sources on every connection (failing closed).
+fn policy_sets(
+    policies: &[&AuthorizationPolicy],
+    trust_domain: &str,
+    layer: Layer,
+) -> (HashMap<String, Policy>, HashMap<String, Policy>, bool) {
     let mut deny = HashMap::new();
     let mut allow = HashMap::new();
     for p in policies {
@@ -195,12 +231,16 @@ pub fn rbac_filters(policies: &[&AuthorizationPolicy], trust_domain: &str) -> Ve
             AuthorizationAction::Allow => &mut allow,
         };
         for (i, rule) in p.rules.iter().enumerate() {
+            let http_only = !rule.to.is_empty();
+            if layer == Layer::Network && http_only && p.action == AuthorizationAction::Allow {
+                continue;
+            }
             let principals = if rule.from.is_empty() {
                 vec![any_principal()]
             } else {
                 rule.from.iter().map(|s| source(s, trust_domain)).collect()
             };
-            let permissions = if rule.to.is_empty() {
+            let permissions = if rule.to.is_empty() || layer == Layer::Network {
                 vec![any_permission()]
             } else {
                 rule.to.iter().map(operation).collect()
@@ -221,12 +261,36 @@ pub fn rbac_filters(policies: &[&AuthorizationPolicy], trust_domain: &str) -> Ve
     let has_allow = policies
         .iter()
         .any(|p| p.action == AuthorizationAction::Allow);
+    (deny, allow, has_allow)
+}
+
+/// The RBAC filters for a workload's `policies` (as returned by
+/// `Model::authorization_policies`): a DENY filter if any DENY policy applies, an
+/// ALLOW filter if any ALLOW policy applies. Policy names are
+/// `<namespace>/<name>[<rule index>]`.
+pub fn rbac_filters(policies: &[&AuthorizationPolicy], trust_domain: &str) -> Vec<HttpFilter> {
+    let (deny, allow, has_allow) = policy_sets(policies, trust_domain, Layer::Http);
     let mut filters = Vec::new();
     if !deny.is_empty() {
         filters.push(rbac_filter(Action::Deny, deny));
     }
     if has_allow {
         filters.push(rbac_filter(Action::Allow, allow));
+    }
+    filters
+}
+
+/// The same policies as network RBAC filters (`envoy.filters.network.rbac`), for
+/// the opaque TCP chains of the inbound listener: sources only (see
+/// [`policy_sets`] for rules with operations).
+pub fn network_rbac_filters(policies: &[&AuthorizationPolicy], trust_domain: &str) -> Vec<Filter> {
+    let (deny, allow, has_allow) = policy_sets(policies, trust_domain, Layer::Network);
+    let mut filters = Vec::new();
+    if !deny.is_empty() {
+        filters.push(network_rbac_filter(Action::Deny, deny));
+    }
+    if has_allow {
+        filters.push(network_rbac_filter(Action::Allow, allow));
     }
     filters
 }

@@ -7,6 +7,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy},
 };
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Http2ProtocolOptions,
     Locality, SocketAddress, TrafficDirection, address, config_source::ConfigSourceSpecifier,
@@ -22,17 +23,23 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     ApiListener, Filter, FilterChain, FilterChainMatch, Listener, filter::ConfigType,
 };
-use envoy_types::pb::envoy::config::listener::v3::{ListenerFilter, listener_filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    ListenerFilter, ListenerFilterChainMatchPredicate, listener_filter,
+    listener_filter_chain_match_predicate as match_predicate,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route::Action,
     route_action::ClusterSpecifier, route_match::PathSpecifier,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
     http_connection_manager::RouteSpecifier, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
     TlsParameters, common_tls_context::ValidationContextType, secret, tls_parameters::TlsProtocol,
@@ -42,6 +49,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::UpstreamProtocolOptions,
     http_protocol_options::explicit_http_config::ProtocolConfig,
 };
+use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use mesh_model::{Endpoint, MtlsMode};
 
@@ -129,21 +137,163 @@ fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     }
 }
 
-/// The sidecar's outbound listener: HTTP routed by authority through RDS `outbound`.
+/// The well-known name of Envoy's original-destination listener filter.
+pub const ORIGINAL_DST_FILTER: &str = "envoy.filters.listener.original_dst";
+/// The well-known name of Envoy's HTTP inspector listener filter (protocol sniffing).
+pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+/// The well-known name of Envoy's TCP proxy network filter.
+pub const TCP_PROXY_FILTER: &str = "envoy.filters.network.tcp_proxy";
+/// The cluster that takes captured traffic to where the app sent it (Istio's name).
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// ALPN protocols the HTTP inspector reports for sniffed HTTP/1.x and HTTP/2
+/// prior knowledge; the outbound HTTP chain matches on them.
+pub const SNIFFED_HTTP: [&str; 2] = ["http/1.1", "h2c"];
+
+/// A service port that outbound capture proxies as opaque TCP: traffic to
+/// `cluster_ip:port` goes to `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpaqueServicePort {
+    /// The service's virtual IP.
+    pub cluster_ip: std::net::IpAddr,
+    /// The service port.
+    pub port: u16,
+    /// The service port's cluster (`<fqdn>:<port>`).
+    pub cluster: String,
+}
+
+fn listener_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> ListenerFilter {
+    ListenerFilter {
+        name: name.into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack(config))),
+        ..Default::default()
+    }
+}
+
+/// A filter chain whose only network filter is a TCP proxy to `cluster`.
+fn tcp_proxy_chain(
+    name: &str,
+    cluster: &str,
+    filter_chain_match: Option<FilterChainMatch>,
+) -> FilterChain {
+    FilterChain {
+        name: name.into(),
+        filter_chain_match,
+        filters: vec![tcp_proxy_filter(cluster)],
+        ..Default::default()
+    }
+}
+
+/// `envoy.filters.network.tcp_proxy` to `cluster`, its stats under the cluster name.
+pub fn tcp_proxy_filter(cluster: &str) -> Filter {
+    let config = TcpProxy {
+        stat_prefix: cluster.into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+        ..Default::default()
+    };
+    Filter {
+        name: TCP_PROXY_FILTER.into(),
+        config_type: Some(ConfigType::TypedConfig(pack(&config))),
+    }
+}
+
+/// The sidecar's outbound listener with no opaque service ports.
 pub fn outbound_listener() -> Listener {
+    transparent_outbound_listener(&[])
+}
+
+/// The sidecar's outbound listener, for explicit proxy use and transparent
+/// capture alike.
+///
+/// - Listener filters: `original_dst` (the destination before the iptables
+///   redirect) and `http_inspector` (protocol sniffing), disabled for the ports
+///   of `opaque` services so server-speaks-first protocols are never delayed.
+/// - One TCP proxy chain per opaque service port, matched by cluster IP and port.
+/// - The HTTP chain (RDS `outbound`, routed by authority) for connections
+///   sniffed as HTTP.
+/// - Everything else (non-HTTP to a destination that is no opaque service port)
+///   passes through to its original destination: the default chain proxies to
+///   the ORIGINAL_DST [`passthrough_cluster`].
+pub fn transparent_outbound_listener(opaque: &[OpaqueServicePort]) -> Listener {
     let hcm = http_connection_manager(names::OUTBOUND, rds(names::OUTBOUND));
+    let mut filter_chains = vec![FilterChain {
+        name: names::OUTBOUND.into(),
+        filter_chain_match: Some(FilterChainMatch {
+            application_protocols: SNIFFED_HTTP.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        }),
+        filters: vec![hcm_filter(&hcm)],
+        ..Default::default()
+    }];
+    for o in opaque {
+        let prefix_len = if o.cluster_ip.is_ipv4() { 32 } else { 128 };
+        filter_chains.push(tcp_proxy_chain(
+            &o.cluster,
+            &o.cluster,
+            Some(FilterChainMatch {
+                destination_port: Some(UInt32Value {
+                    value: u32::from(o.port),
+                }),
+                prefix_ranges: vec![CidrRange {
+                    address_prefix: o.cluster_ip.to_string(),
+                    prefix_len: Some(UInt32Value { value: prefix_len }),
+                }],
+                ..Default::default()
+            }),
+        ));
+    }
+    let mut unsniffed: Vec<u16> = opaque.iter().map(|o| o.port).collect();
+    unsniffed.sort_unstable();
+    unsniffed.dedup();
+    let mut http_inspector = listener_filter(HTTP_INSPECTOR, &HttpInspector::default());
+    if !unsniffed.is_empty() {
+        http_inspector.filter_disabled = Some(ListenerFilterChainMatchPredicate {
+            rule: Some(match_predicate::Rule::OrMatch(match_predicate::MatchSet {
+                rules: unsniffed
+                    .iter()
+                    .map(|&p| ListenerFilterChainMatchPredicate {
+                        rule: Some(match_predicate::Rule::DestinationPortRange(Int32Range {
+                            start: i32::from(p),
+                            end: i32::from(p) + 1,
+                        })),
+                    })
+                    .collect(),
+            })),
+        });
+    }
     Listener {
         name: names::OUTBOUND.into(),
         address: Some(socket_address(SocketAddr::from((
             [0, 0, 0, 0],
             names::OUTBOUND_PORT,
         )))),
-        filter_chains: vec![FilterChain {
-            name: names::OUTBOUND.into(),
-            filters: vec![hcm_filter(&hcm)],
-            ..Default::default()
-        }],
+        listener_filters: vec![
+            listener_filter(ORIGINAL_DST_FILTER, &OriginalDst::default()),
+            http_inspector,
+        ],
+        filter_chains,
+        default_filter_chain: Some(tcp_proxy_chain(
+            PASSTHROUGH_CLUSTER,
+            PASSTHROUGH_CLUSTER,
+            None,
+        )),
         traffic_direction: TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// The ORIGINAL_DST cluster that connects to wherever a captured connection was
+/// going (Istio's PassthroughCluster).
+pub fn passthrough_cluster() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        lb_policy: LbPolicy::ClusterProvided as i32,
         ..Default::default()
     }
 }
@@ -162,9 +312,17 @@ fn sds(name: &str) -> SdsSecretConfig {
     }
 }
 
+/// ALPN protocol of a sidecar-to-sidecar TCP connection: one mutual-TLS
+/// connection per proxied TCP connection, opened by the mesh's TCP preface.
+pub const ALPN_MESH_TCP: &str = "mesh-tcp";
+
 /// Mutual TLS for the inbound side: the workload certificate and the trust bundle
-/// by SDS, TLS 1.3, a client certificate required.
+/// by SDS, TLS 1.3, a client certificate required; HTTP ALPN.
 pub fn inbound_tls_context() -> DownstreamTlsContext {
+    tls_context_with_alpn(&INBOUND_ALPN)
+}
+
+fn tls_context_with_alpn(alpn: &[&str]) -> DownstreamTlsContext {
     DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_params: Some(TlsParameters {
@@ -175,7 +333,7 @@ pub fn inbound_tls_context() -> DownstreamTlsContext {
             validation_context_type: Some(ValidationContextType::ValidationContextSdsSecretConfig(
                 sds(names::TRUST_BUNDLE),
             )),
-            alpn_protocols: INBOUND_ALPN.iter().map(|s| s.to_string()).collect(),
+            alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }),
         require_client_certificate: Some(BoolValue { value: true }),
@@ -199,22 +357,59 @@ pub fn trust_bundle_secret(pem: &str) -> Secret {
     }
 }
 
-/// The sidecar's inbound listener: for every app port a mutual-TLS filter chain
-/// and, under PERMISSIVE, a plaintext one; each chain's HTTP filters start with the
-/// workload's authorization (`rbac`, from [`crate::authz::rbac_filters`]) and route
-/// everything to that port's inbound cluster.
+/// One app port of a workload, as the inbound listener serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundAppPort {
+    /// The port the app listens on.
+    pub port: u16,
+    /// Whether a service declares it opaque: proxied as TCP, not HTTP.
+    pub opaque: bool,
+}
+
+/// The sidecar's inbound listener for HTTP app ports (see [`inbound_listener_for`]).
 pub fn inbound_listener(app_ports: &[u16], mode: MtlsMode, rbac: &[HttpFilter]) -> Listener {
+    let ports: Vec<InboundAppPort> = app_ports
+        .iter()
+        .map(|&port| InboundAppPort {
+            port,
+            opaque: false,
+        })
+        .collect();
+    inbound_listener_for(&ports, mode, rbac, &[])
+}
+
+/// The sidecar's inbound listener: for every app port a mutual-TLS filter chain
+/// and, under PERMISSIVE, a plaintext one. An HTTP port's chain is an HTTP
+/// connection manager whose filters start with the workload's authorization
+/// (`rbac`, from [`crate::authz::rbac_filters`]) and route everything to the
+/// port's inbound cluster; an opaque port's chain is the network RBAC filters
+/// (`network_rbac`, from [`crate::authz::network_rbac_filters`]) and a TCP proxy
+/// to that cluster, its TLS offering ALPN `mesh-tcp` only.
+pub fn inbound_listener_for(
+    app_ports: &[InboundAppPort],
+    mode: MtlsMode,
+    rbac: &[HttpFilter],
+    network_rbac: &[Filter],
+) -> Listener {
     let mut filter_chains = Vec::new();
-    for &port in app_ports {
+    for app in app_ports {
+        let port = app.port;
         let cluster = names::inbound_cluster(port);
         let mut transports = vec![("tls", true)];
         if mode == MtlsMode::Permissive {
             transports.push(("raw_buffer", false));
         }
         for (transport, tls) in transports {
-            let routes = RouteSpecifier::RouteConfig(single_route(&cluster, &cluster, &["*"]));
-            let mut hcm = http_connection_manager(&cluster, routes);
-            hcm.http_filters.splice(0..0, rbac.iter().cloned());
+            let (filters, alpn): (Vec<Filter>, &[&str]) = if app.opaque {
+                let mut filters = network_rbac.to_vec();
+                filters.push(tcp_proxy_filter(&cluster));
+                (filters, &[ALPN_MESH_TCP])
+            } else {
+                let routes = RouteSpecifier::RouteConfig(single_route(&cluster, &cluster, &["*"]));
+                let mut hcm = http_connection_manager(&cluster, routes);
+                hcm.http_filters.splice(0..0, rbac.iter().cloned());
+                (vec![hcm_filter(&hcm)], &INBOUND_ALPN)
+            };
             filter_chains.push(FilterChain {
                 name: format!("{cluster}|{}", if tls { "tls" } else { "plaintext" }),
                 filter_chain_match: Some(FilterChainMatch {
@@ -224,11 +419,11 @@ pub fn inbound_listener(app_ports: &[u16], mode: MtlsMode, rbac: &[HttpFilter]) 
                     transport_protocol: transport.into(),
                     ..Default::default()
                 }),
-                filters: vec![hcm_filter(&hcm)],
+                filters,
                 transport_socket: tls.then(|| TransportSocket {
                     name: TLS_TRANSPORT_SOCKET.into(),
                     config_type: Some(transport_socket::ConfigType::TypedConfig(pack(
-                        &inbound_tls_context(),
+                        &tls_context_with_alpn(alpn),
                     ))),
                 }),
                 ..Default::default()
@@ -241,13 +436,11 @@ pub fn inbound_listener(app_ports: &[u16], mode: MtlsMode, rbac: &[HttpFilter]) 
             [0, 0, 0, 0],
             names::INBOUND_PORT,
         )))),
-        listener_filters: vec![ListenerFilter {
-            name: TLS_INSPECTOR.into(),
-            config_type: Some(listener_filter::ConfigType::TypedConfig(pack(
-                &TlsInspector::default(),
-            ))),
-            ..Default::default()
-        }],
+        listener_filters: vec![
+            // Captured plaintext (PERMISSIVE) is matched by its original port.
+            listener_filter(ORIGINAL_DST_FILTER, &OriginalDst::default()),
+            listener_filter(TLS_INSPECTOR, &TlsInspector::default()),
+        ],
         filter_chains,
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()

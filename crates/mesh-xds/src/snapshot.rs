@@ -10,8 +10,9 @@
 //!   and, by name only, the API listener `<fqdn>:<port>` of any meshed service port.
 //! - RDS: the `outbound` routes for its namespace (short names resolve there), and by
 //!   name the `<fqdn>:<port>` route of an API listener.
-//! - CDS: one EDS cluster per meshed service port, plus `inbound|<port>` clusters for
-//!   its own workload's ports.
+//! - CDS: one EDS cluster per meshed service port, the ORIGINAL_DST
+//!   `PassthroughCluster` (captured traffic to destinations outside the mesh), plus
+//!   `inbound|<port>` clusters for its own workload's ports.
 //! - EDS: the load assignment of each meshed service port.
 //! - SDS: the trust bundle `ROOTCA` (its own certificate a sidecar gets through
 //!   `Certify`; the controller never holds workload keys).
@@ -149,6 +150,13 @@ impl Snapshot {
                 Resource::new(&name, &resources::single_route(&name, &name, &domains)),
             );
         }
+        clusters.insert(
+            resources::PASSTHROUGH_CLUSTER.into(),
+            Resource::new(
+                resources::PASSTHROUGH_CLUSTER,
+                &resources::passthrough_cluster(),
+            ),
+        );
         let mut namespaces: Vec<String> = model.namespaces().map(|n| n.name.clone()).collect();
         namespaces.push("default".into());
         let outbound_routes = namespaces
@@ -179,11 +187,33 @@ impl Snapshot {
             endpoints,
             api_listeners,
             api_routes,
-            outbound_listener: Resource::new(names::OUTBOUND, &resources::outbound_listener()),
+            outbound_listener: Resource::new(
+                names::OUTBOUND,
+                &resources::transparent_outbound_listener(&opaque_service_ports(&model)),
+            ),
             outbound_routes,
             model,
         }
     }
+}
+
+/// Every opaque service port with a cluster IP, for the outbound listener's TCP
+/// chains. A cluster IP two services claim goes to the first (as for routes).
+fn opaque_service_ports(model: &Model) -> Vec<resources::OpaqueServicePort> {
+    let mut seen = std::collections::HashSet::new();
+    model
+        .service_ports()
+        .filter(|view| view.port.is_opaque())
+        .filter_map(|view| {
+            let cluster_ip = view.service.cluster_ip?;
+            seen.insert((cluster_ip, view.port.port))
+                .then(|| resources::OpaqueServicePort {
+                    cluster_ip,
+                    port: view.port.port,
+                    cluster: names::service_port(&view.fqdn, view.port.port),
+                })
+        })
+        .collect()
 }
 
 fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
@@ -302,18 +332,24 @@ fn inbound_resources(
     previous: Option<&Inbound>,
 ) -> Inbound {
     let ip = w.address.expect("filtered on address");
-    let ports: Vec<u16> = w.ports.iter().map(|p| p.port).collect();
+    let mut ports = Vec::new();
     let mut clusters = ByName::new();
-    for &port in &ports {
-        let http2 = model
+    for wp in &w.ports {
+        let port = wp.port;
+        let service_ports: Vec<&mesh_model::ServicePort> = model
             .services()
             .filter(|s| s.namespace == w.namespace && !s.selector.is_empty())
             .filter(|s| s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
             .flat_map(|s| s.ports.iter())
-            .any(|p| {
-                w.resolve_target(&p.target_port) == Some(port)
-                    && resources::is_http2(p.app_protocol.as_deref())
-            });
+            .filter(|p| w.resolve_target(&p.target_port) == Some(port))
+            .collect();
+        let http2 = service_ports
+            .iter()
+            .any(|p| resources::is_http2(p.app_protocol.as_deref()));
+        ports.push(resources::InboundAppPort {
+            port,
+            opaque: service_ports.iter().any(|p| p.is_opaque()),
+        });
         let cluster = resources::inbound_cluster(SocketAddr::new(ip, port), http2);
         let prev = previous.and_then(|p| p.clusters.get(&cluster.name));
         clusters.insert(
@@ -321,11 +357,12 @@ fn inbound_resources(
             Resource::reuse(&cluster.name, &cluster, prev),
         );
     }
-    let rbac = crate::authz::rbac_filters(
-        &model.authorization_policies(w),
-        &model.options.trust_domain,
-    );
-    let listener = resources::inbound_listener(&ports, model.mtls_mode(w), &rbac);
+    let policies = model.authorization_policies(w);
+    let td = &model.options.trust_domain;
+    let rbac = crate::authz::rbac_filters(&policies, td);
+    let network_rbac = crate::authz::network_rbac_filters(&policies, td);
+    let listener =
+        resources::inbound_listener_for(&ports, model.mtls_mode(w), &rbac, &network_rbac);
     Inbound {
         listener: Resource::reuse(names::INBOUND, &listener, previous.map(|p| &p.listener)),
         clusters,

@@ -92,6 +92,7 @@ fn a_proxy_gets_meshed_services_and_only_its_own_inbound() {
     assert_eq!(
         names(&ui, ResourceType::Cluster),
         [
+            "PassthroughCluster",
             "catalog.shop.svc.cluster.local:8080",
             "inbound|3000",
             "inbound|3001"
@@ -117,7 +118,7 @@ fn unknown_nodes_get_the_outbound_view_only() {
     assert_eq!(names(&anon, ResourceType::Listener), ["outbound"]);
     assert_eq!(
         names(&anon, ResourceType::Cluster),
-        ["catalog.shop.svc.cluster.local:8080"]
+        ["PassthroughCluster", "catalog.shop.svc.cluster.local:8080"]
     );
     assert!(
         anon.get(
@@ -227,7 +228,7 @@ fn inbound_is_mutual_tls_by_default_and_permissive_adds_plaintext() {
         ]
     );
     assert_eq!(
-        strict.listener_filters[0].name,
+        strict.listener_filters[1].name,
         crate::resources::TLS_INSPECTOR
     );
 
@@ -341,4 +342,161 @@ fn draining_endpoints_are_marked_draining() {
         .map(|e| HealthStatus::try_from(e.health_status).unwrap())
         .collect();
     assert_eq!(health, [HealthStatus::Healthy, HealthStatus::Draining]);
+}
+
+/// A mesh with an opaque MySQL-like service (appProtocol) and a Service whose
+/// annotation makes one port opaque, both with cluster IPs.
+const OPAQUE_MESH: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {mesh.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: 10.96.0.20, selector: {app: db}, ports: [{port: 3306, appProtocol: mysql}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: shop, annotations: {mesh.io/opaque-ports: "6379"}}
+spec: {clusterIP: 10.96.0.21, selector: {app: cache}, ports: [{port: 6379}, {port: 80}]}
+---
+apiVersion: mesh.io/v1alpha1
+kind: Workload
+metadata: {name: db-1, namespace: shop, labels: {app: db}}
+spec: {address: 127.0.1.1, ports: [{port: 3306}], serviceAccount: db}
+---
+apiVersion: mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-only, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {namespaces: [web]}}]
+  - from: [{source: {namespaces: [ops]}}]
+    to: [{operation: {paths: [/admin]}}]
+"#;
+
+#[test]
+fn opaque_ports_get_tcp_proxy_chains_out_and_in() {
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+        TcpProxy, tcp_proxy::ClusterSpecifier,
+    };
+    let model = Model::new(
+        parse_documents(OPAQUE_MESH, "t").unwrap(),
+        ModelOptions::default(),
+    );
+    let snapshot = Arc::new(Snapshot::build(Arc::new(model), Arc::from(BUNDLE), 1, None));
+    let view = ProxyView::new(
+        snapshot,
+        &ProxyNode {
+            id: "n".into(),
+            workload: Some("db-1".into()),
+            namespace: "shop".into(),
+            admin_address: None,
+        },
+    );
+    let out: Listener =
+        unpack(&view.get(ResourceType::Listener, "outbound").unwrap().body).unwrap();
+    let filters: Vec<&str> = out
+        .listener_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            crate::resources::ORIGINAL_DST_FILTER,
+            crate::resources::HTTP_INSPECTOR
+        ]
+    );
+    assert!(
+        out.listener_filters[1].filter_disabled.is_some(),
+        "opaque ports are never sniffed"
+    );
+    let tcp: Vec<(String, String, u32, String)> = out
+        .filter_chains
+        .iter()
+        .filter_map(|c| {
+            let m = c.filter_chain_match.as_ref()?;
+            let range = m.prefix_ranges.first()?;
+            let Some(ConfigType::TypedConfig(any)) = &c.filters[0].config_type else {
+                return None;
+            };
+            let proxy: TcpProxy = unpack(any).ok()?;
+            let Some(ClusterSpecifier::Cluster(cluster)) = proxy.cluster_specifier else {
+                return None;
+            };
+            Some((
+                range.address_prefix.clone(),
+                format!("/{}", range.prefix_len.as_ref()?.value),
+                m.destination_port.as_ref()?.value,
+                cluster,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        tcp,
+        [
+            (
+                "10.96.0.21".into(),
+                "/32".into(),
+                6379,
+                "cache.shop.svc.cluster.local:6379".into()
+            ),
+            (
+                "10.96.0.20".into(),
+                "/32".into(),
+                3306,
+                "db.shop.svc.cluster.local:3306".into()
+            ),
+        ]
+    );
+    let default = out
+        .default_filter_chain
+        .as_ref()
+        .expect("passthrough chain");
+    let Some(ConfigType::TypedConfig(any)) = &default.filters[0].config_type else {
+        panic!("typed config")
+    };
+    let proxy: TcpProxy = unpack(any).unwrap();
+    assert_eq!(
+        proxy.cluster_specifier,
+        Some(ClusterSpecifier::Cluster("PassthroughCluster".into()))
+    );
+    let passthrough: Cluster = unpack(
+        &view
+            .get(ResourceType::Cluster, "PassthroughCluster")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        passthrough.lb_policy,
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::ClusterProvided as i32
+    );
+
+    // Inbound: the opaque port's chain is network RBAC + tcp_proxy, ALPN mesh-tcp.
+    let inbound: Listener =
+        unpack(&view.get(ResourceType::Listener, "inbound").unwrap().body).unwrap();
+    let chain = &inbound.filter_chains[0];
+    let names: Vec<&str> = chain.filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            crate::authz::NETWORK_RBAC_FILTER,
+            crate::resources::TCP_PROXY_FILTER
+        ]
+    );
+    let Some(ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+        panic!("typed config")
+    };
+    let rbac: NetworkRbac = unpack(any).unwrap();
+    let rules = rbac.rules.unwrap();
+    assert_eq!(rules.action, Action::Allow as i32);
+    // The rule with a path cannot apply to TCP: left out of the ALLOW filter.
+    let mut policies: Vec<&String> = rules.policies.keys().collect();
+    policies.sort();
+    assert_eq!(policies, ["shop/web-only[0]"]);
+    assert!(!rbac.stat_prefix.is_empty(), "Envoy requires a stat_prefix");
 }

@@ -174,6 +174,21 @@ pub fn service(svc: &KubeService, slices: &[&EndpointSlice]) -> Option<Service> 
     if ports.is_empty() {
         return None;
     }
+    if let Some(value) = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(mesh_model::OPAQUE_PORTS_ANNOTATION))
+        && let Err(reason) = mesh_model::apply_opaque_ports(value, &mut ports)
+    {
+        // The Service still routes (as HTTP where sniffed); the bad annotation
+        // is the user's to fix, so say which and why.
+        tracing::warn!(
+            service = %svc.name_any(),
+            "ignoring annotation {}: {reason}",
+            mesh_model::OPAQUE_PORTS_ANNOTATION
+        );
+    }
     let cluster_ip = spec
         .cluster_ip
         .as_deref()
