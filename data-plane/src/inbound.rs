@@ -246,19 +246,32 @@ pub async fn handle(
                     .unwrap_or_else(|| ep.spec.address.to_string());
                 strip_mesh(req.headers_mut());
                 forward_client_cert(&state, req.headers_mut(), &conn);
-                match state
-                    .upstreams
-                    .send(
+                let sent = if crate::upgrade::requested(&req) {
+                    crate::upgrade::forward(
+                        &state,
                         ep.spec.address,
-                        cluster.http2,
                         None,
                         cluster.connect_timeout,
                         &authority,
                         req,
                     )
                     .await
-                {
-                    Ok(resp) => resp.map(http_body_util::Either::Left),
+                } else {
+                    state
+                        .upstreams
+                        .send(
+                            ep.spec.address,
+                            cluster.http2,
+                            None,
+                            cluster.connect_timeout,
+                            &authority,
+                            req,
+                        )
+                        .await
+                        .map(|resp| resp.map(http_body_util::Either::Left))
+                };
+                match sent {
+                    Ok(resp) => resp,
                     Err(e) => {
                         tracing::debug!(cluster = %cluster.name, "app error: {e}");
                         local_response(

@@ -37,6 +37,7 @@ pub mod store;
 pub mod tcp;
 pub mod tcp_listener;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod wait_ready;
 pub mod xds_client;

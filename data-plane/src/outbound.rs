@@ -196,6 +196,24 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             (ep.spec.address, cluster.http2)
         }
     };
+    if crate::upgrade::requested(&req) {
+        let resp = crate::upgrade::forward(
+            &state,
+            addr,
+            mtls.as_ref(),
+            cluster.connect_timeout,
+            &authority,
+            req,
+        )
+        .await
+        .unwrap_or_else(|e| crate::upgrade::failed(&cluster.name, &e));
+        ep.stats.record(
+            &state.metrics,
+            resp.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+        return resp;
+    }
     let result = state
         .upstreams
         .send(

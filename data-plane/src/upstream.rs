@@ -124,6 +124,15 @@ pub struct Mtls {
     pub expected: Arc<str>,
 }
 
+/// The request target as an origin server expects it: the path and query of
+/// an absolute-form or origin-form URI (`/` when there is none).
+pub fn origin_form(uri: &Uri) -> &str {
+    uri.path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/")
+}
+
 /// A TCP connection to `addr` (Nagle off) within `timeout`.
 pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let connect_err = |reason: String| UpstreamError::Connect { addr, reason };
@@ -313,12 +322,7 @@ impl Upstreams {
         let http2 = http2 || mtls.is_some();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .filter(|p| p.starts_with('/'))
-            .unwrap_or("/");
+        let path = origin_form(&parts.uri);
         let invalid = |e: http::Error| UpstreamError::Invalid(e.to_string());
         let mut resp = if http2 {
             // `:authority` carries the host; a Host header would be redundant.

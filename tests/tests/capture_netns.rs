@@ -48,7 +48,7 @@ metadata: {name: b, namespace: default, annotations: {mesh.io/opaque-ports: "252
 spec:
   clusterIP: 10.77.1.10
   selector: {app: b}
-  ports: [{name: http, port: 80, targetPort: 8080}, {name: smtp, port: 2525}]
+  ports: [{name: http, port: 80, targetPort: 8080}, {name: smtp, port: 2525}, {name: ws, port: 8081}]
 ---
 apiVersion: mesh.io/v1alpha1
 kind: Workload
@@ -58,7 +58,7 @@ spec: {address: 10.77.0.2, ports: [{port: 8080}], serviceAccount: a}
 apiVersion: mesh.io/v1alpha1
 kind: Workload
 metadata: {name: b-1, namespace: default, labels: {app: b}}
-spec: {address: 10.77.0.3, ports: [{port: 8080}, {port: 2525}, {port: 9000}], serviceAccount: b}
+spec: {address: 10.77.0.3, ports: [{port: 8080}, {port: 8081}, {port: 2525}, {port: 9000}], serviceAccount: b}
 "#;
 
 /// Why the test cannot run here, if it cannot.
@@ -352,6 +352,8 @@ async fn scenario(c: &Cluster) {
         "0.0.0.0:2525",
         "--greet",
         &format!("0.0.0.0:{EXCLUDED}"),
+        "--upgrade",
+        "0.0.0.0:8081",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -482,8 +484,29 @@ async fn scenario(c: &Cluster) {
         );
     }
 
-    // 3. An excluded port bypasses both sidecars: it works, and neither counts it.
+    // 3. An HTTP/1.1 Upgrade (WebSocket) through both sidecars: 101, then the
+    //    upgraded bytes both ways, over its own mutual-TLS connection.
+    let ws = format!("{B_VIP}:8081");
+    let out = c.app(&c.a, &["upgrade", &ws, &ws, "ping"]);
+    assert!(out.status.success(), "{}{}", text(&out.stderr), logs());
+    assert_eq!(
+        text(&out.stdout),
+        "HTTP/1.1 101 Switching Protocols\nPING",
+        "{}",
+        logs()
+    );
+    let mb = metrics(B_IP).await;
+    let upgraded = [
+        "reporter=\"destination\"",
+        "source_workload=\"a-1\"",
+        "response_code=\"101\"",
+        "connection_security_policy=\"mutual_tls\"",
+    ];
+    assert_eq!(sample(&mb, "mesh_requests_total", &upgraded), 1.0, "{mb}");
+
+    // 4. An excluded port bypasses both sidecars: it works, and neither counts it.
     let opened = |m: &str| sample(m, "mesh_tcp_connections_opened_total", &[]);
+    let (ma, mb) = (metrics(A_IP).await, metrics(B_IP).await);
     let before = (opened(&ma), opened(&mb));
     let direct = format!("{B_IP}:{EXCLUDED}");
     let out = c.app(&c.a, &["greet", &direct, "direct"]);

@@ -6,7 +6,12 @@
 //!   `NAME <path>`, and greeting servers: a server-speaks-first protocol that
 //!   writes `220 NAME ready\r\n` on accept, reads the client's bytes to EOF
 //!   (the client's half-close), then answers `got <bytes>` and closes.
+//! - `--upgrade ADDR`: answers an HTTP/1.1 `Upgrade: websocket` request with
+//!   `101` and then echoes what it receives in upper case (a stand-in for a
+//!   WebSocket server: the mesh only has to pass the upgraded bytes through).
 //! - `get URL`: prints the status and body of a GET.
+//! - `upgrade ADDR HOST TEXT`: sends an Upgrade request, prints the status line,
+//!   then sends TEXT on the upgraded connection and prints the echo.
 //! - `greet ADDR TEXT`: waits for the greeting before sending anything, sends
 //!   TEXT, half-closes, and prints the greeting and the answer.
 
@@ -26,6 +31,11 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("GET {url} failed"))?;
             println!("{status} {body}");
+            Ok(())
+        }
+        ["upgrade", addr, host, text] => {
+            let addr: SocketAddr = addr.parse().context("upgrade ADDR")?;
+            print!("{}", upgrade(addr, host, text).await?);
             Ok(())
         }
         ["greet", addr, text] => {
@@ -59,6 +69,14 @@ async fn serve(name: &str, flags: &[&str]) -> anyhow::Result<()> {
                 tasks.push(tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
                         tokio::spawn(greeting(name.clone(), stream));
+                    }
+                }));
+            }
+            "--upgrade" => {
+                let listener = TcpListener::bind(addr).await?;
+                tasks.push(tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(upgraded_echo(stream));
                     }
                 }));
             }
@@ -105,4 +123,63 @@ async fn greet(addr: SocketAddr, text: &str) -> anyhow::Result<String> {
         .await
         .context("read answer")?;
     Ok(format!("{hello}{answer}"))
+}
+
+/// Reads an HTTP/1.1 head (up to the blank line) from `reader`.
+async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 || line == "\r\n" {
+            return Ok(head);
+        }
+        head.push_str(&line);
+    }
+}
+
+/// The server side of the upgrade: 101, then an upper-casing echo until EOF.
+async fn upgraded_echo(stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let head = read_head(&mut reader).await?;
+    let mut stream = reader.into_inner();
+    if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+        stream
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        return Ok(());
+    }
+    stream
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return stream.shutdown().await;
+        }
+        stream.write_all(&buf[..n].to_ascii_uppercase()).await?;
+    }
+}
+
+/// The client side: an Upgrade request, then one echo over the upgraded bytes.
+async fn upgrade(addr: SocketAddr, host: &str, text: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let req = format!(
+        "GET /chat HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut reader = BufReader::new(stream);
+    let head = read_head(&mut reader).await.context("read 101")?;
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let mut stream = reader.into_inner();
+    stream.write_all(text.as_bytes()).await?;
+    stream.shutdown().await.context("half-close")?;
+    let mut echo = String::new();
+    stream
+        .read_to_string(&mut echo)
+        .await
+        .context("read echo")?;
+    Ok(format!("{status}\n{echo}"))
 }
