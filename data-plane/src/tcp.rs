@@ -394,3 +394,152 @@ pub(crate) mod tests {
         assert_eq!(stats.sent.get(), 18);
     }
 }
+
+#[cfg(test)]
+mod inbound_tests {
+    use super::tests::pair;
+    use super::*;
+    use crate::routing::{ProxyConfig, tests::me};
+    use crate::store::Store;
+    use mesh_model::{
+        AuthorizationAction, AuthorizationPolicy, AuthorizationRule, AuthorizationSource, MtlsMode,
+    };
+    use mesh_xds::ResourceType;
+    use mesh_xds::any::pack;
+    use mesh_xds::resources::{self, InboundAppPort};
+    use tokio::io::AsyncReadExt;
+
+    const WEB: &str = "spiffe://cluster.local/ns/web/sa/ui";
+
+    /// A proxy whose inbound listener has opaque port `app.port()` (only
+    /// namespace `web` allowed), delivering to `app`.
+    fn state(app: SocketAddr) -> Arc<ProxyState> {
+        let policy = AuthorizationPolicy {
+            name: "web-only".into(),
+            namespace: "default".into(),
+            selector: Default::default(),
+            action: AuthorizationAction::Allow,
+            rules: vec![AuthorizationRule {
+                from: vec![AuthorizationSource {
+                    principals: vec![],
+                    namespaces: vec!["web".into()],
+                }],
+                to: vec![],
+            }],
+        };
+        let network = mesh_xds::authz::network_rbac_filters(&[&policy], "cluster.local");
+        let listener = resources::inbound_listener_for(
+            &[InboundAppPort {
+                port: app.port(),
+                opaque: true,
+            }],
+            MtlsMode::Permissive,
+            &[],
+            &network,
+        );
+        let mut store = Store::default();
+        store
+            .apply_sotw(
+                ResourceType::Cluster,
+                "1",
+                "a",
+                &[pack(&resources::inbound_cluster(app, false))],
+                None,
+            )
+            .unwrap();
+        store
+            .apply_sotw(ResourceType::Listener, "1", "b", &[pack(&listener)], None)
+            .unwrap();
+        let state = Arc::new(ProxyState::new(me()));
+        state.config.store(Arc::new(ProxyConfig::build(
+            &store,
+            &ProxyConfig::default(),
+            &me(),
+        )));
+        state
+    }
+
+    fn conn(principal: Option<&str>) -> ConnInfo {
+        ConnInfo {
+            peer: "10.0.0.9:40000".parse().unwrap(),
+            principal: principal.map(Into::into),
+            mtls: principal.is_some(),
+            original_dst: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn network_rbac_decides_and_the_preface_names_the_port() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_addr = app.local_addr().unwrap();
+        let state = state(app_addr);
+        let preface = Preface {
+            target_port: app_addr.port(),
+            source_workload: "ui-1".into(),
+            source_namespace: "web".into(),
+            destination_service: "db.default.svc.cluster.local".into(),
+        };
+
+        // Allowed: the preface is consumed, the rest reaches the app.
+        let (mut client, server) = pair().await;
+        let mut wire = preface.encode();
+        wire.extend_from_slice(b"select 1");
+        client.write_all(&wire).await.unwrap();
+        client.shutdown().await.unwrap();
+        let serving = tokio::spawn(inbound(
+            state.clone(),
+            Io::Plain(server),
+            conn(Some(WEB)),
+            InboundTcp::Preface,
+        ));
+        let (mut at_app, _) = app.accept().await.unwrap();
+        let mut got = Vec::new();
+        at_app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"select 1");
+        drop(at_app);
+        serving.await.unwrap();
+
+        // Denied: closed before the app sees a connection, and counted.
+        let (mut client, server) = pair().await;
+        client.write_all(&preface.encode()).await.unwrap();
+        // An allowed connection would be spliced and stay open: bound the wait.
+        let denied = inbound(
+            state.clone(),
+            Io::Plain(server),
+            conn(Some("spiffe://cluster.local/ns/evil/sa/x")),
+            InboundTcp::Preface,
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), denied)
+            .await
+            .expect("a denied connection is closed at once");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        let text = state.metrics.encode();
+        assert!(
+            text.contains("mesh_authorization_denied_total{destination_workload=\"web-1\",destination_namespace=\"default\",reason=\"no_allow_policy\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mesh_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"ui-1\",source_namespace=\"web\",source_principal=\"spiffe://cluster.local/ns/web/sa/ui\",destination_service=\"db.default.svc.cluster.local\",destination_workload=\"web-1\",destination_namespace=\"default\",destination_principal=\"unknown\",request_protocol=\"tcp\",connection_security_policy=\"mutual_tls\"} 1"),
+            "only the allowed connection is opened: {text}"
+        );
+        // A port that is not opaque here is refused, whatever the preface says.
+        let (mut client, server) = pair().await;
+        let other = Preface {
+            target_port: 1,
+            ..preface
+        };
+        client.write_all(&other.encode()).await.unwrap();
+        inbound(
+            state,
+            Io::Plain(server),
+            conn(Some(WEB)),
+            InboundTcp::Preface,
+        )
+        .await;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+}
