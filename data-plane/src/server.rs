@@ -315,8 +315,25 @@ async fn accept_inbound(state: &Arc<ProxyState>, stream: TcpStream, peer: Socket
     }
 }
 
+/// Counts one running connection task in a shared counter while it lives.
+struct TaskGuard(Arc<watch::Sender<usize>>);
+
+impl TaskGuard {
+    fn new(count: Arc<watch::Sender<usize>>) -> TaskGuard {
+        count.send_modify(|n| *n += 1);
+        TaskGuard(count)
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// Serves `listener` with `handler` until `shutdown` flips to `true`, then stops
-/// accepting and lets open connections finish for at most `grace`.
+/// accepting and lets open connections (HTTP and proxied TCP) finish for at most
+/// `grace`.
 ///
 /// `reporter` names the connection metrics; the admin listener passes `None`.
 /// `transport` says whether connections are sniffed for TLS (inbound).
@@ -344,6 +361,9 @@ pub async fn serve<F, Fut>(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    // Connection tasks still running: HTTP ones end through `graceful`, proxied
+    // TCP ones when their peers close, so the drain waits for both.
+    let tasks = Arc::new(watch::channel(0usize).0);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -363,7 +383,9 @@ pub async fn serve<F, Fut>(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let state = state.clone();
+        let running = TaskGuard::new(tasks.clone());
         tokio::spawn(async move {
+            let _running = running;
             let accepted = match transport {
                 Transport::Plain => Accepted::Http(Io::Plain(stream), ConnInfo::plain(peer, None)),
                 Transport::Outbound => accept_outbound(&state, stream, peer).await,
@@ -393,12 +415,17 @@ pub async fn serve<F, Fut>(
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = *tasks.borrow();
     if open > 0 {
         tracing::info!(listener = name, open, "draining connections");
     }
+    let mut left = tasks.subscribe();
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = left.wait_for(|n| *n == 0).await;
+    };
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = drained => {}
         _ = tokio::time::sleep(grace) => {
             tracing::warn!(listener = name, "grace period over; closing remaining connections");
         }

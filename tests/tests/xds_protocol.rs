@@ -166,12 +166,13 @@ async fn sotw_serves_valid_resources_and_pure_acks_get_no_answer() {
     assert_eq!(
         names,
         [
+            "PassthroughCluster",
             CATALOG,
             "frontend.default.svc.cluster.local:8080",
             "inbound|8080"
         ]
     );
-    let catalog = &clusters[0];
+    let catalog = &clusters[1];
     assert_eq!(
         catalog.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))

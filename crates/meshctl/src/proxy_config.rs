@@ -282,6 +282,8 @@ pub fn render_clusters(part: &Value) -> String {
         .map(|c| {
             let discovery = match c.get("discovery") {
                 Some(d) if d.get("eds").is_some() => "EDS".to_string(),
+                // Unit variants (`original_dst`, the passthrough cluster).
+                Some(Value::String(kind)) => kind.to_ascii_uppercase(),
                 Some(d) => match d.get("static").and_then(Value::as_array) {
                     Some(eps) => format!("STATIC ({} endpoints)", eps.len()),
                     None => d.to_string(),
