@@ -290,6 +290,8 @@ fn apps_call_service_addresses_through_captured_mtls() {
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p));
     });
+    // Logs stay behind only when the test failed.
+    let _ = std::fs::remove_dir_all(&cluster.dir);
 }
 
 async fn scenario(c: &Cluster) {
