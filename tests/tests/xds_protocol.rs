@@ -388,6 +388,7 @@ async fn delta_sends_changes_and_removals_only() {
     assert_eq!(
         names,
         [
+            "PassthroughCluster",
             CATALOG,
             "frontend.default.svc.cluster.local:8080",
             "inbound|8080"
