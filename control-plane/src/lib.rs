@@ -11,6 +11,7 @@ pub mod config;
 pub mod identity;
 pub mod inject;
 pub mod metrics;
+pub mod process_metrics;
 pub mod publish;
 pub mod registry;
 pub mod secure;

@@ -34,7 +34,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 /// Every metric the controller exports, registered once at start.
 pub struct Metrics {
-    /// The registry `/metrics` encodes.
+    /// The registry `/metrics` encodes: the `mesh_` metrics and the process's own.
     pub registry: Registry,
     /// Open ADS streams.
     pub connected_proxies: Gauge,
@@ -62,7 +62,9 @@ impl std::fmt::Debug for Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("mesh");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("mesh");
         let connected_proxies = Gauge::default();
         let pushes = Family::<TypeLabel, Counter>::default();
         let push_duration = Histogram::new(latency_buckets());
@@ -108,7 +110,7 @@ impl Default for Metrics {
             ca_root_expiry.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             connected_proxies,
             pushes,
             push_duration,
