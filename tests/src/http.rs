@@ -99,6 +99,7 @@ pub async fn get_via_proxy(proxy: &str, url: &str) -> Option<(u16, String)> {
 }
 
 /// A test upstream: answers every request with JSON naming itself, and counts.
+/// A path `/status/<code>` is answered with that status (for known failure rates).
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it listens.
@@ -140,10 +141,17 @@ impl Upstream {
                                 "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()),
                                 "mesh_headers": req.headers().keys().filter(|k| k.as_str().starts_with("mesh-")).map(|k| k.as_str()).collect::<Vec<_>>(),
                             });
+                            let status = req
+                                .uri()
+                                .path()
+                                .strip_prefix("/status/")
+                                .and_then(|code| code.parse::<u16>().ok())
+                                .and_then(|code| StatusCode::from_u16(code).ok())
+                                .unwrap_or(StatusCode::OK);
                             async move {
                                 Ok::<_, Infallible>(
                                     Response::builder()
-                                        .status(StatusCode::OK)
+                                        .status(status)
                                         .header("content-type", "application/json")
                                         .body(Full::new(Bytes::from(body.to_string())))
                                         .expect("valid response"),

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod kube_api;
 pub mod process;
+pub mod prometheus;
 pub mod strict;
 pub mod xds;
 

@@ -40,6 +40,18 @@ pub struct Proc {
 impl Proc {
     /// Starts `program args`, logging stdout and stderr to `<log_dir>/<name>.log`.
     pub fn start(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Proc {
+        Proc::start_with_env(name, program, args, &[], log_dir)
+    }
+
+    /// Like [`Proc::start`], with extra environment variables (e.g. `http_proxy`
+    /// for an app that calls through its sidecar).
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Proc {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -52,6 +64,7 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup log"))
             .stderr(file)

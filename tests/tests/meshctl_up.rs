@@ -45,9 +45,10 @@ fn last_table(lines: &[String]) -> HashMap<String, (u64, f64, String)> {
         .take_while(|l| !l.trim().is_empty() && !l.starts_with("stopping"))
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            let requests = cols.get(1)?.parse().ok()?;
-            let success = cols.get(2)?.trim_end_matches('%').parse().ok()?;
-            let mtls = cols.get(6)?.to_string();
+            // SERVICE MESHED REQUESTS SUCCESS RPS P50 P95 P99 TCP MTLS
+            let requests = cols.get(2)?.parse().ok()?;
+            let success = cols.get(3)?.trim_end_matches('%').parse().ok()?;
+            let mtls = cols.get(9)?.to_string();
             Some((cols[0].to_string(), (requests, success, mtls)))
         })
         .collect()

@@ -32,6 +32,12 @@ pub enum Command {
     Token(TokenArgs),
     /// Show what one sidecar holds: its certificate and trust bundle, or its xDS config.
     ProxyConfig(ProxyConfigArgs),
+    /// Every connected proxy's xDS sync state (CDS, LDS, EDS, RDS, SDS), with the
+    /// reason of each rejected config.
+    ProxyStatus(ProxyStatusArgs),
+    /// Golden signals per service or workload: success rate, RPS, latency, TCP
+    /// connections, from Prometheus or straight from the sidecars.
+    Stat(StatArgs),
     /// Check the mesh's health: cluster (CRDs, controller, webhook), controller,
     /// certificates and root expiry, proxy sync.
     Check(CheckArgs),
@@ -208,6 +214,57 @@ pub struct ProxyConfigArgs {
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: OutputFormat,
     /// The controller's admin API (to find the proxy's admin address).
+    #[command(flatten)]
+    pub controller: ControllerFlag,
+}
+
+/// Flags of `meshctl proxy-status`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyStatusArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// The controller's admin API.
+    #[command(flatten)]
+    pub controller: ControllerFlag,
+}
+
+/// What `meshctl stat` groups its rows by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatTarget {
+    /// One row per destination service.
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    /// One row per destination workload (instance).
+    #[value(alias = "workload")]
+    Workloads,
+}
+
+/// Flags of `meshctl stat`.
+#[derive(Debug, Clone, Args)]
+pub struct StatArgs {
+    /// One row per service or per workload.
+    #[arg(value_enum, default_value = "services")]
+    pub target: StatTarget,
+    /// Only this namespace (of the destination); every namespace when omitted.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Ask this Prometheus server (`http://host:9090`) instead of scraping the
+    /// sidecars: numbers over `--window`.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// With `--prometheus`, the window the numbers cover ("1m", "30s", "1h").
+    #[arg(long, value_name = "DURATION", default_value = "1m",
+          value_parser = mesh_controller::config::parse_duration)]
+    pub window: Duration,
+    /// Without `--prometheus`, how long to sample the sidecars for RPS.
+    #[arg(long, value_name = "DURATION", default_value = "2s",
+          value_parser = mesh_controller::config::parse_duration)]
+    pub sample: Duration,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// The controller's admin API (to find the sidecars).
     #[command(flatten)]
     pub controller: ControllerFlag,
 }
@@ -423,6 +480,56 @@ mod tests {
             ("shop", Some("kind"))
         );
         assert!(Cli::try_parse_from(["meshctl", "namespace", "disable"]).is_err());
+    }
+
+    #[test]
+    fn proxy_status_and_stat_flags() {
+        let cli = Cli::parse_from([
+            "meshctl",
+            "proxy-status",
+            "-o",
+            "json",
+            "--controller",
+            "h:1",
+        ]);
+        let Command::ProxyStatus(p) = cli.command else {
+            panic!("not proxy-status")
+        };
+        assert_eq!(
+            (p.output, p.controller.controller.as_str()),
+            (OutputFormat::Json, "h:1")
+        );
+        let cli = Cli::parse_from(["meshctl", "stat"]);
+        let Command::Stat(s) = cli.command else {
+            panic!("not stat")
+        };
+        assert_eq!(
+            (s.target, s.namespace, s.prometheus),
+            (StatTarget::Services, None, None)
+        );
+        assert_eq!(
+            (s.window, s.sample),
+            (Duration::from_secs(60), Duration::from_secs(2))
+        );
+        let cli = Cli::parse_from([
+            "meshctl",
+            "stat",
+            "workloads",
+            "-n",
+            "shop",
+            "--prometheus",
+            "http://p:9090",
+            "--window",
+            "5m",
+        ]);
+        let Command::Stat(s) = cli.command else {
+            panic!("not stat")
+        };
+        assert_eq!(s.target, StatTarget::Workloads);
+        assert_eq!(s.namespace.as_deref(), Some("shop"));
+        assert_eq!(s.prometheus.as_deref(), Some("http://p:9090"));
+        assert_eq!(s.window, Duration::from_secs(300));
+        assert!(Cli::try_parse_from(["meshctl", "stat", "pods"]).is_err());
     }
 
     #[test]

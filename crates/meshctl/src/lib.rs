@@ -18,6 +18,7 @@ pub mod load;
 pub mod namespace;
 pub mod prom;
 pub mod proxy_config;
+pub mod proxy_status;
 pub mod signals;
 pub mod stat;
 pub mod token;
@@ -64,6 +65,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ProxyConfig(args) => {
             init_tracing("warn");
             current_thread()?.block_on(proxy_config::run(args))
+        }
+        Command::ProxyStatus(args) => {
+            init_tracing("warn");
+            current_thread()?.block_on(proxy_status::run(args))
+        }
+        Command::Stat(args) => {
+            init_tracing("warn");
+            current_thread()?.block_on(stat::run(args))
         }
         Command::Check(args) => {
             init_tracing("warn");

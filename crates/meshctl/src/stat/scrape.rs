@@ -1,24 +1,50 @@
-//! Per-service golden signals from sidecar metrics, and the table that shows them.
+//! Golden signals computed from sidecars' own `/metrics` pages, no Prometheus needed.
 //!
-//! Used by `meshctl up`'s live view and meant for `meshctl stat`: both scrape sidecars'
-//! `/metrics` pages, so the numbers are computed here rather than by a Prometheus server.
+//! Used by `meshctl up`'s live table and by `meshctl stat` without `--prometheus`.
 //! Only `reporter="destination"` series count, so each request is counted once, by the
 //! sidecar that received it. MTLS is the share of requests that arrived over mutual
 //! TLS (`connection_security_policy="mutual_tls"`), as the receiving sidecar saw it.
+//! TCP is the receiving sidecars' open inbound connections (opened minus closed).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::{Grouping, Row, histogram_quantile};
 use crate::prom::Sample;
 
 const REQUESTS: &str = "mesh_requests_total";
 const BUCKETS: &str = "mesh_request_duration_seconds_bucket";
+const TCP_OPENED: &str = "mesh_tcp_connections_opened_total";
+const TCP_CLOSED: &str = "mesh_tcp_connections_closed_total";
 const MUTUAL_TLS: &str = "mutual_tls";
 
-/// Cumulative counts for one service as seen by one sidecar (or summed over several).
+/// What a row is about: a destination service or workload, and its namespace.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    /// The destination's namespace (`destination_namespace`).
+    pub namespace: String,
+    /// The service FQDN or the workload name.
+    pub name: String,
+}
+
+impl GroupKey {
+    /// The key of a series: services keep their FQDN (shortened for display),
+    /// workloads are shown as `name.namespace`, like node ids.
+    pub fn of(grouping: Grouping, name: &str, namespace: &str) -> GroupKey {
+        let name = match grouping {
+            Grouping::Services => name.to_string(),
+            Grouping::Workloads => format!("{name}.{namespace}"),
+        };
+        GroupKey {
+            namespace: namespace.to_string(),
+            name,
+        }
+    }
+}
+
+/// Cumulative counts for one group as seen by one sidecar (or summed over several).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ServiceCounts {
+pub struct Counts {
     /// All requests.
     pub requests: f64,
     /// Requests answered with anything but a 5xx.
@@ -29,7 +55,7 @@ pub struct ServiceCounts {
     pub buckets: Vec<(f64, f64)>,
 }
 
-impl ServiceCounts {
+impl Counts {
     fn add_bucket(&mut self, le: f64, count: f64) {
         match self.buckets.iter_mut().find(|(b, _)| *b == le) {
             Some((_, c)) => *c += count,
@@ -40,7 +66,7 @@ impl ServiceCounts {
         }
     }
 
-    fn add(&mut self, other: &ServiceCounts) {
+    fn add(&mut self, other: &Counts) {
         self.requests += other.requests;
         self.success += other.success;
         self.mtls += other.mtls;
@@ -51,7 +77,7 @@ impl ServiceCounts {
 
     /// `self - earlier`, treating a decrease as a counter reset (the sidecar restarted),
     /// as Prometheus' `increase` does.
-    fn since(&self, earlier: &ServiceCounts) -> ServiceCounts {
+    fn since(&self, earlier: &Counts) -> Counts {
         if self.requests < earlier.requests {
             return self.clone();
         }
@@ -67,7 +93,7 @@ impl ServiceCounts {
                 (*le, (count - before).max(0.0))
             })
             .collect();
-        ServiceCounts {
+        Counts {
             requests: self.requests - earlier.requests,
             success: (self.success - earlier.success).max(0.0),
             mtls: (self.mtls - earlier.mtls).max(0.0),
@@ -76,39 +102,57 @@ impl ServiceCounts {
     }
 }
 
-/// One sidecar's metrics, by destination service FQDN.
+/// One sidecar's metrics, by destination group.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// Counts by `destination_service`.
-    pub services: BTreeMap<String, ServiceCounts>,
+    /// Counts by destination service or workload.
+    pub groups: BTreeMap<GroupKey, Counts>,
+    /// The sidecar's open inbound connections (a gauge, not a counter).
+    pub open_connections: f64,
 }
 
 impl Snapshot {
-    /// Extracts the destination-reported request counts and latency buckets.
-    pub fn from_samples(samples: &[Sample]) -> Snapshot {
+    /// Extracts the destination-reported request counts, latency buckets and
+    /// inbound connection counts, grouped by `grouping`.
+    pub fn from_samples(samples: &[Sample], grouping: Grouping) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for s in samples {
             if s.label("reporter") != "destination" || !s.value.is_finite() {
                 continue;
             }
-            let service = s.label("destination_service");
-            if s.name == REQUESTS {
-                let counts = snapshot.services.entry(service.to_string()).or_default();
-                counts.requests += s.value;
-                if !s.label("response_code").starts_with('5') {
-                    counts.success += s.value;
+            let key = || {
+                GroupKey::of(
+                    grouping,
+                    s.label(grouping.label()),
+                    s.label("destination_namespace"),
+                )
+            };
+            match s.name.as_str() {
+                REQUESTS => {
+                    let counts = snapshot.groups.entry(key()).or_default();
+                    counts.requests += s.value;
+                    if !s.label("response_code").starts_with('5') {
+                        counts.success += s.value;
+                    }
+                    if s.label("connection_security_policy") == MUTUAL_TLS {
+                        counts.mtls += s.value;
+                    }
                 }
-                if s.label("connection_security_policy") == MUTUAL_TLS {
-                    counts.mtls += s.value;
+                BUCKETS => {
+                    if let Some(le) = crate::prom::parse_value(s.label("le")) {
+                        snapshot
+                            .groups
+                            .entry(key())
+                            .or_default()
+                            .add_bucket(le, s.value);
+                    }
                 }
-            } else if s.name == BUCKETS {
-                let Some(le) = crate::prom::parse_value(s.label("le")) else {
-                    continue;
-                };
-                let counts = snapshot.services.entry(service.to_string()).or_default();
-                counts.add_bucket(le, s.value);
+                TCP_OPENED => snapshot.open_connections += s.value,
+                TCP_CLOSED => snapshot.open_connections -= s.value,
+                _ => {}
             }
         }
+        snapshot.open_connections = snapshot.open_connections.max(0.0);
         snapshot
     }
 }
@@ -122,6 +166,7 @@ pub type MeshSnapshot = BTreeMap<String, Snapshot>;
 pub async fn scrape(
     client: &crate::http_client::HttpClient,
     targets: &[(String, String)],
+    grouping: Grouping,
     timeout: Duration,
 ) -> MeshSnapshot {
     let pages = futures::future::join_all(targets.iter().map(|(sidecar, url)| async move {
@@ -144,7 +189,7 @@ pub async fn scrape(
         };
         match crate::prom::parse(&String::from_utf8_lossy(&page)) {
             Ok(samples) => {
-                mesh.insert(sidecar.clone(), Snapshot::from_samples(&samples));
+                mesh.insert(sidecar.clone(), Snapshot::from_samples(&samples, grouping));
             }
             Err(e) => tracing::debug!(url, "unreadable metrics: {e}"),
         }
@@ -152,173 +197,81 @@ pub async fn scrape(
     mesh
 }
 
-/// One line of the table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// `name.namespace` of the service.
-    pub service: String,
-    /// Requests since the sidecars started.
-    pub requests: f64,
-    /// Fraction (0-1) of non-5xx responses; `None` with no requests.
-    pub success: Option<f64>,
-    /// Requests per second over the window; `None` without an earlier snapshot.
-    pub rps: Option<f64>,
-    /// Median latency in seconds.
-    pub p50: Option<f64>,
-    /// 99th percentile latency in seconds.
-    pub p99: Option<f64>,
-    /// Fraction (0-1) of requests that arrived over mutual TLS; `None` with no
-    /// requests.
-    pub mtls: Option<f64>,
-}
-
 /// Computes the table rows.
 ///
 /// With an `earlier` snapshot taken `elapsed` before `now`, success, RPS and latency
-/// describe that window (as `meshctl stat` over a window would); without one they
-/// describe everything since the sidecars started. REQUESTS is always the running total.
+/// describe that window (as `meshctl up`'s refreshing table shows); without one they
+/// describe everything since the sidecars started. REQUESTS is always the running
+/// total, MESHED the sidecars that received requests for the group, TCP their open
+/// inbound connections now.
 pub fn rows(earlier: Option<&MeshSnapshot>, now: &MeshSnapshot, elapsed: Duration) -> Vec<Row> {
-    let mut totals: BTreeMap<&str, ServiceCounts> = BTreeMap::new();
-    let mut window: BTreeMap<&str, ServiceCounts> = BTreeMap::new();
+    let mut totals: BTreeMap<&GroupKey, Counts> = BTreeMap::new();
+    let mut window: BTreeMap<&GroupKey, Counts> = BTreeMap::new();
+    let mut sidecars: BTreeMap<&GroupKey, BTreeSet<&str>> = BTreeMap::new();
+    let mut connections: BTreeMap<&GroupKey, f64> = BTreeMap::new();
     for (sidecar, snapshot) in now {
-        for (service, counts) in &snapshot.services {
-            totals.entry(service).or_default().add(counts);
+        for (key, counts) in &snapshot.groups {
+            totals.entry(key).or_default().add(counts);
+            sidecars.entry(key).or_default().insert(sidecar);
+            *connections.entry(key).or_default() += snapshot.open_connections;
             let before = earlier
                 .and_then(|e| e.get(sidecar))
-                .and_then(|s| s.services.get(service));
+                .and_then(|s| s.groups.get(key));
             let delta = match before {
                 Some(before) => counts.since(before),
                 None => counts.clone(),
             };
-            window.entry(service).or_default().add(&delta);
+            window.entry(key).or_default().add(&delta);
         }
     }
     totals
         .into_iter()
-        .map(|(service, total)| {
+        .map(|(key, total)| {
             let w = match earlier {
-                Some(_) => window.remove(service).unwrap_or_default(),
+                Some(_) => window.remove(key).unwrap_or_default(),
                 None => total.clone(),
             };
             let secs = elapsed.as_secs_f64();
             let rps = (earlier.is_some() && secs > 0.0).then(|| w.requests / secs);
-            let success = (w.requests > 0.0).then(|| w.success / w.requests);
-            let mtls = (w.requests > 0.0).then(|| w.mtls / w.requests);
             Row {
-                service: short_name(service),
+                name: super::short_name(&key.name),
+                namespace: key.namespace.clone(),
+                meshed: sidecars.get(key).map_or(0, BTreeSet::len),
                 requests: total.requests,
-                success,
+                success: (w.requests > 0.0).then(|| w.success / w.requests),
                 rps,
                 p50: histogram_quantile(0.5, &w.buckets),
+                p95: histogram_quantile(0.95, &w.buckets),
                 p99: histogram_quantile(0.99, &w.buckets),
-                mtls,
+                tcp_connections: connections.get(key).copied(),
+                mtls: (w.requests > 0.0).then(|| w.mtls / w.requests),
             }
         })
         .collect()
 }
 
-/// `catalog.default.svc.cluster.local` -> `catalog.default`; other names unchanged.
-pub fn short_name(fqdn: &str) -> String {
-    match fqdn.find(".svc.") {
-        Some(i) => fqdn[..i].to_string(),
-        None if fqdn.is_empty() => "(unknown)".to_string(),
-        None => fqdn.to_string(),
-    }
-}
-
-/// Estimates quantile `q` from cumulative buckets as PromQL's `histogram_quantile` does:
-/// linear interpolation inside the bucket holding the rank; the highest finite bound when
-/// the rank falls in the `+Inf` bucket. `None` without an `+Inf` bucket or observations.
-pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = buckets.to_vec();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if buckets.len() < 2 || buckets.last()?.0 != f64::INFINITY || !(0.0..=1.0).contains(&q) {
-        return None;
-    }
-    // Scrapes are not atomic: force the counts to be monotonic, as Prometheus does.
-    for i in 1..buckets.len() {
-        if buckets[i].1 < buckets[i - 1].1 {
-            buckets[i].1 = buckets[i - 1].1;
-        }
-    }
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let b = buckets.iter().position(|(_, c)| *c >= rank)?;
-    if b == buckets.len() - 1 {
-        return Some(buckets[b - 1].0);
-    }
-    let (end, count) = buckets[b];
-    if b == 0 && end <= 0.0 {
-        return Some(end);
-    }
-    let (start, count_start) = if b == 0 { (0.0, 0.0) } else { buckets[b - 1] };
-    let in_bucket = count - count_start;
-    if in_bucket <= 0.0 {
-        return Some(end);
-    }
-    Some(start + (end - start) * (rank - count_start) / in_bucket)
-}
-
-/// Renders rows as an aligned table with a header, one service per line.
-pub fn render(rows: &[Row]) -> String {
-    let header = [
-        "SERVICE", "REQUESTS", "SUCCESS", "RPS", "P50", "P99", "MTLS",
-    ];
-    let cells: Vec<[String; 7]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.service.clone(),
-                format!("{:.0}", r.requests),
-                r.success
-                    .map_or("-".into(), |s| format!("{:.2}%", s * 100.0)),
-                r.rps.map_or("-".into(), |v| format!("{v:.1}")),
-                r.p50.map_or("-".into(), format_latency),
-                r.p99.map_or("-".into(), format_latency),
-                r.mtls.map_or("-".into(), |m| format!("{:.0}%", m * 100.0)),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cols: [&str; 7]| {
-        let mut text = String::new();
-        for (i, (col, w)) in cols.iter().zip(widths).enumerate() {
-            if i == 0 {
-                let _ = write!(text, "{col:<w$}");
-            } else {
-                let _ = write!(text, "  {col:>w$}");
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(header);
-    for row in &cells {
-        line([
-            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6],
-        ]);
+/// `meshctl stat` without Prometheus: totals since the sidecars started, with RPS
+/// measured over `sample` between two scrapes.
+pub async fn sampled_rows(
+    client: &crate::http_client::HttpClient,
+    targets: &[(String, String)],
+    grouping: Grouping,
+    sample: Duration,
+) -> Vec<Row> {
+    let timeout = Duration::from_secs(2);
+    let first = scrape(client, targets, grouping, timeout).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(sample).await;
+    let second = scrape(client, targets, grouping, timeout).await;
+    let rates = rows(Some(&first), &second, started.elapsed());
+    let mut out = rows(None, &second, Duration::ZERO);
+    for row in &mut out {
+        row.rps = rates
+            .iter()
+            .find(|r| r.name == row.name && r.namespace == row.namespace)
+            .and_then(|r| r.rps);
     }
     out
-}
-
-/// Seconds as a short human latency: `850us`, `12.5ms`, `1.20s`.
-pub fn format_latency(seconds: f64) -> String {
-    if seconds < 0.001 {
-        format!("{:.0}us", seconds * 1e6)
-    } else if seconds < 1.0 {
-        format!("{:.1}ms", seconds * 1e3)
-    } else {
-        format!("{seconds:.2}s")
-    }
 }
 
 #[cfg(test)]
@@ -326,78 +279,70 @@ mod tests {
     use super::*;
     use crate::prom::parse;
 
-    const INF: f64 = f64::INFINITY;
-
     fn close(a: Option<f64>, b: f64) -> bool {
         a.is_some_and(|a| (a - b).abs() < 1e-9)
     }
 
-    #[test]
-    fn quantile_interpolates_like_promql() {
-        // 10 observations <= 0.1, 10 more in (0.1, 0.2], none above.
-        let buckets = [(0.1, 10.0), (0.2, 20.0), (0.4, 20.0), (INF, 20.0)];
-        assert!(close(histogram_quantile(0.5, &buckets), 0.1));
-        assert!(close(histogram_quantile(0.25, &buckets), 0.05));
-        assert!(close(histogram_quantile(0.75, &buckets), 0.15));
-        assert!(close(histogram_quantile(0.99, &buckets), 0.198));
-        assert!(close(histogram_quantile(1.0, &buckets), 0.2));
-    }
-
-    #[test]
-    fn quantile_edge_cases() {
-        // Rank in the +Inf bucket: the highest finite bound.
-        assert!(close(
-            histogram_quantile(0.99, &[(0.1, 1.0), (INF, 10.0)]),
-            0.1
-        ));
-        // Unsorted input and non-monotonic counts are repaired.
-        assert!(close(
-            histogram_quantile(0.5, &[(INF, 4.0), (0.2, 3.0), (0.1, 4.0)]),
-            0.05
-        ));
-        assert_eq!(histogram_quantile(0.5, &[(0.1, 1.0), (0.2, 2.0)]), None);
-        assert_eq!(histogram_quantile(0.5, &[(0.1, 0.0), (INF, 0.0)]), None);
-        assert_eq!(histogram_quantile(0.5, &[]), None);
-        assert_eq!(histogram_quantile(1.5, &[(0.1, 1.0), (INF, 1.0)]), None);
-    }
-
     const PAGE: &str = r#"
-mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="200",connection_security_policy="mutual_tls"} 90
-mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="503",connection_security_policy="none"} 10
-mesh_requests_total{reporter="source",destination_service="orders.default.svc.cluster.local",response_code="200"} 1000
-mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",le="0.01"} 50
-mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",le="0.1"} 100
-mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",le="+Inf"} 100
+mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",destination_workload="catalog-1",destination_namespace="default",response_code="200",connection_security_policy="mutual_tls"} 90
+mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",destination_workload="catalog-1",destination_namespace="default",response_code="503",connection_security_policy="none"} 10
+mesh_requests_total{reporter="source",destination_service="orders.default.svc.cluster.local",destination_namespace="default",response_code="200"} 1000
+mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",destination_workload="catalog-1",destination_namespace="default",le="0.01"} 50
+mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",destination_workload="catalog-1",destination_namespace="default",le="0.1"} 100
+mesh_request_duration_seconds_bucket{reporter="destination",destination_service="catalog.default.svc.cluster.local",destination_workload="catalog-1",destination_namespace="default",le="+Inf"} 100
+mesh_tcp_connections_opened_total{reporter="destination"} 7
+mesh_tcp_connections_closed_total{reporter="destination"} 4
+mesh_tcp_connections_opened_total{reporter="source"} 100
 "#;
 
-    fn mesh(pages: &[(&str, &str)]) -> MeshSnapshot {
+    fn mesh(pages: &[(&str, &str)], grouping: Grouping) -> MeshSnapshot {
         pages
             .iter()
-            .map(|(k, p)| (k.to_string(), Snapshot::from_samples(&parse(p).unwrap())))
+            .map(|(k, p)| {
+                let snapshot = Snapshot::from_samples(&parse(p).unwrap(), grouping);
+                (k.to_string(), snapshot)
+            })
             .collect()
     }
 
     #[test]
     fn cumulative_rows_sum_sidecars_and_skip_source_reports() {
-        let now = mesh(&[("a", PAGE), ("b", PAGE)]);
+        let now = mesh(&[("a", PAGE), ("b", PAGE)], Grouping::Services);
         let rows = rows(None, &now, Duration::from_secs(3));
         assert_eq!(rows.len(), 1, "{rows:?}");
         let r = &rows[0];
-        assert_eq!(r.service, "catalog.default");
+        assert_eq!(
+            (r.name.as_str(), r.namespace.as_str()),
+            ("catalog.default", "default")
+        );
+        assert_eq!(r.meshed, 2);
         assert_eq!(r.requests, 200.0);
         assert!(close(r.success, 0.9));
         assert!(close(r.mtls, 0.9));
         assert_eq!(r.rps, None);
         assert!(close(r.p50, 0.01));
+        assert!(close(r.p95, 0.01 + 0.09 * 0.9));
+        // 7 opened - 4 closed inbound, at each of the two sidecars.
+        assert!(close(r.tcp_connections, 6.0));
+    }
+
+    #[test]
+    fn workload_rows_group_by_destination_workload() {
+        let other = PAGE.replace("catalog-1", "catalog-2");
+        let now = mesh(&[("a", PAGE), ("b", &other)], Grouping::Workloads);
+        let rows = rows(None, &now, Duration::from_secs(3));
+        let names: Vec<_> = rows.iter().map(|r| (r.name.as_str(), r.meshed)).collect();
+        assert_eq!(names, [("catalog-1.default", 1), ("catalog-2.default", 1)]);
+        assert!(close(rows[1].tcp_connections, 3.0));
     }
 
     #[test]
     fn windowed_rows_use_deltas_and_handle_resets() {
-        let earlier = mesh(&[("a", PAGE), ("b", PAGE)]);
+        let earlier = mesh(&[("a", PAGE), ("b", PAGE)], Grouping::Services);
         let later_page = PAGE.replace("} 90", "} 120").replace("} 100\n", "} 130\n");
         // Sidecar b restarted: its counters start again from small values.
-        let reset_page = r#"mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",response_code="200"} 6"#;
-        let now = mesh(&[("a", &later_page), ("b", reset_page)]);
+        let reset_page = r#"mesh_requests_total{reporter="destination",destination_service="catalog.default.svc.cluster.local",destination_namespace="default",response_code="200"} 6"#;
+        let now = mesh(&[("a", &later_page), ("b", reset_page)], Grouping::Services);
         let rows = rows(Some(&earlier), &now, Duration::from_secs(3));
         let r = &rows[0];
         assert_eq!(r.requests, 130.0 + 6.0);
@@ -408,44 +353,5 @@ mesh_request_duration_seconds_bucket{reporter="destination",destination_service=
         assert!(close(r.mtls, 30.0 / 36.0), "{r:?}");
         // a's 30 new requests all landed in (0.01, 0.1].
         assert!(close(r.p50, 0.01 + 0.09 * 0.5), "{r:?}");
-    }
-
-    #[test]
-    fn table_is_aligned() {
-        let rows = vec![
-            Row {
-                service: "catalog.default".into(),
-                requests: 1234.0,
-                success: Some(0.995),
-                rps: Some(20.04),
-                p50: Some(0.0012),
-                p99: Some(0.0000456),
-                mtls: Some(1.0),
-            },
-            Row {
-                service: "frontend.default".into(),
-                requests: 0.0,
-                success: None,
-                rps: None,
-                p50: None,
-                p99: Some(1.5),
-                mtls: None,
-            },
-        ];
-        let table = render(&rows);
-        let expected = "\
-SERVICE           REQUESTS  SUCCESS   RPS    P50    P99  MTLS
-catalog.default       1234   99.50%  20.0  1.2ms   46us  100%
-frontend.default         0        -     -      -  1.50s     -
-";
-        assert_eq!(table, expected);
-    }
-
-    #[test]
-    fn short_names() {
-        assert_eq!(short_name("a.b.svc.cluster.local"), "a.b");
-        assert_eq!(short_name("a.b.svc.example.org"), "a.b");
-        assert_eq!(short_name("external.com"), "external.com");
-        assert_eq!(short_name(""), "(unknown)");
     }
 }

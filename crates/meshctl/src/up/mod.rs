@@ -15,6 +15,7 @@ pub mod addresses;
 pub mod plan;
 pub mod process;
 pub mod ready;
+pub mod scrape_config;
 pub mod supervise;
 
 use std::net::SocketAddr;
@@ -273,6 +274,11 @@ async fn bring_up_and_watch(
         }
     }
     println!("mesh ready");
+    let prometheus_config = scrape_config::write(run_dir, &admin.to_string(), &meshed)?;
+    println!(
+        "Prometheus: prometheus --config.file={} (dashboards in deploy/grafana)",
+        prometheus_config.display()
+    );
 
     let targets: Vec<(String, String)> = meshed
         .iter()
@@ -377,24 +383,27 @@ fn start_app(
     .map(Some)
 }
 
+/// The live table is `meshctl stat services`' table, refreshed.
+const GROUPING: stat::Grouping = stat::Grouping::Services;
+
 /// Prints the per-service table every `every`, with rates over the last interval.
 async fn live_table(
     client: &HttpClient,
     targets: &[(String, String)],
     every: Duration,
 ) -> anyhow::Result<()> {
-    let mut earlier: Option<(stat::MeshSnapshot, Instant)> = None;
+    let mut earlier: Option<(stat::scrape::MeshSnapshot, Instant)> = None;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     let mut said_idle = false;
     loop {
         ticks.tick().await;
-        let now = stat::scrape(client, targets, Duration::from_secs(1)).await;
+        let now = stat::scrape::scrape(client, targets, GROUPING, Duration::from_secs(1)).await;
         let at = Instant::now();
         let rows = match &earlier {
-            Some((snapshot, then)) => stat::rows(Some(snapshot), &now, at - *then),
-            None => stat::rows(None, &now, Duration::ZERO),
+            Some((snapshot, then)) => stat::scrape::rows(Some(snapshot), &now, at - *then),
+            None => stat::scrape::rows(None, &now, Duration::ZERO),
         };
         if rows.is_empty() {
             if !said_idle {
@@ -402,7 +411,7 @@ async fn live_table(
                 said_idle = true;
             }
         } else {
-            print!("\n{}", stat::render(&rows));
+            print!("\n{}", stat::render(GROUPING, &rows));
         }
         earlier = Some((now, at));
     }
