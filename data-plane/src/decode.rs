@@ -763,6 +763,7 @@ mod tests {
                 identity: Identity::new("cluster.local", "shop", "cat"),
                 sidecar: true,
                 draining: false,
+                weight: 1,
             },
             Endpoint {
                 address: "10.0.0.2:8080".parse().unwrap(),
@@ -770,6 +771,7 @@ mod tests {
                 identity: Identity::new("cluster.local", "shop", "cat"),
                 sidecar: false,
                 draining: false,
+                weight: 1,
             },
             // Terminating in Kubernetes: no new requests.
             Endpoint {
@@ -778,6 +780,7 @@ mod tests {
                 identity: Identity::new("cluster.local", "shop", "cat"),
                 sidecar: true,
                 draining: true,
+                weight: 1,
             },
         ];
         let Decoded::Endpoint(a) = ok(

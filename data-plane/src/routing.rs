@@ -421,6 +421,7 @@ pub(crate) mod tests {
                 identity: Identity::new("cluster.local", "default", "catalog"),
                 sidecar: true,
                 draining: false,
+                weight: 1,
             },
             Endpoint {
                 address: "10.0.0.2:8080".parse().unwrap(),
@@ -428,6 +429,7 @@ pub(crate) mod tests {
                 identity: Identity::new("cluster.local", "default", "catalog"),
                 sidecar: false,
                 draining: false,
+                weight: 1,
             },
         ];
         let cla = [

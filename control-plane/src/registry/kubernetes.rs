@@ -45,33 +45,21 @@ const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// First and longest wait before retrying a failed list or watch.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
 
-/// The mesh's AuthorizationPolicy custom resource.
-fn authorization_policy_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("mesh.io", "v1alpha1", "AuthorizationPolicy"),
-        "authorizationpolicies",
-    )
+/// A `mesh.io/v1alpha1` custom resource of the mesh.
+fn mesh_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("mesh.io", "v1alpha1", kind), plural)
 }
 
 /// Kinds watched but not yet in the model: their objects are reported once and
 /// otherwise ignored, so installing them early does no harm.
-fn unsupported_resources() -> [(&'static str, ApiResource); 2] {
-    [
-        (
-            "TrafficPolicy",
-            ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("mesh.io", "v1alpha1", "TrafficPolicy"),
-                "trafficpolicies",
-            ),
+fn unsupported_resources() -> [(&'static str, ApiResource); 1] {
+    [(
+        "HTTPRoute",
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
         ),
-        (
-            "HTTPRoute",
-            ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-                "httproutes",
-            ),
-        ),
-    ]
+    )]
 }
 
 /// A client for `kubeconfig`, or, without one, the usual inference: `$KUBECONFIG`
@@ -123,11 +111,17 @@ pub async fn start(
     let (slices, slice_sync) =
         ctx.watch_typed(Api::<EndpointSlice>::all(client.clone()), "EndpointSlice");
     let (pods, pod_sync) = ctx.watch_pods(Api::<Pod>::all(client.clone()));
-    let ar = authorization_policy_resource();
+    let ar = mesh_resource("AuthorizationPolicy", "authorizationpolicies");
     let (policies, policy_sync) = ctx.watch_dynamic(
         Api::<DynamicObject>::all_with(client.clone(), &ar),
         ar,
         "AuthorizationPolicy",
+    );
+    let ar = mesh_resource("TrafficPolicy", "trafficpolicies");
+    let (traffic_policies, traffic_sync) = ctx.watch_dynamic(
+        Api::<DynamicObject>::all_with(client.clone(), &ar),
+        ar,
+        "TrafficPolicy",
     );
     // Not waited for: they do not reach the model yet.
     let unsupported: Vec<(&'static str, Store<DynamicObject>)> = unsupported_resources()
@@ -146,6 +140,9 @@ pub async fn start(
         ("EndpointSlice", slice_sync),
         ("Pod", pod_sync),
         ("AuthorizationPolicy", policy_sync),
+        // Not a security gate, but proxies should not first get the defaults and
+        // a moment later the policy (a missing CRD counts as none).
+        ("TrafficPolicy", traffic_sync),
     ];
     let started = Instant::now();
     for (kind, sync) in &mut gates {
@@ -181,6 +178,7 @@ pub async fn start(
         slices,
         pods,
         policies,
+        traffic_policies,
         unsupported,
     };
     let mut reporter = Reporter::default();
@@ -211,6 +209,7 @@ struct Stores {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     policies: Store<DynamicObject>,
+    traffic_policies: Store<DynamicObject>,
     unsupported: Vec<(&'static str, Store<DynamicObject>)>,
 }
 
@@ -222,6 +221,7 @@ impl Stores {
             endpoint_slices: self.slices.state(),
             pods: self.pods.state(),
             authorization_policies: self.policies.state(),
+            traffic_policies: self.traffic_policies.state(),
         }
     }
 }

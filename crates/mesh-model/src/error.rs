@@ -24,7 +24,7 @@ pub enum ModelErrorKind {
     Malformed(String),
     /// `kind`/`apiVersion` name nothing the mesh knows.
     #[error(
-        "unknown kind {kind:?} (apiVersion {api_version:?}); known kinds: Namespace, Service, Workload"
+        "unknown kind {kind:?} (apiVersion {api_version:?}); known kinds: Namespace, Service, Workload, AuthorizationPolicy, TrafficPolicy"
     )]
     UnknownKind {
         /// The document's `kind`.

@@ -12,6 +12,8 @@ mod model;
 mod objects;
 mod opaque;
 mod parse;
+mod parse_traffic_policy;
+mod traffic_policy;
 
 pub use error::{ModelError, ModelErrorKind};
 pub use identity::Identity;
@@ -25,6 +27,20 @@ pub use opaque::{
     OPAQUE_APP_PROTOCOLS, OPAQUE_PORTS_ANNOTATION, apply_opaque_ports, is_opaque_protocol,
 };
 pub use parse::{parse_document, parse_documents, render_documents};
+pub use traffic_policy::{
+    ConnectionPool, HashKey, LoadBalancer, OutlierDetection, Retries, RetryBudget, Timeouts,
+    TrafficPolicy, format_duration, parse_duration,
+};
+
+/// Defaults of every TrafficPolicy field, for translators that need them.
+pub mod traffic_defaults {
+    pub use crate::traffic_policy::{
+        DEFAULT_BASE_EJECTION_TIME, DEFAULT_BUDGET_PERCENT, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_CONSECUTIVE_5XX, DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_MIN_RETRY_CONCURRENCY,
+        DEFAULT_MIN_RING_SIZE, DEFAULT_OUTLIER_INTERVAL, DEFAULT_RETRY_ATTEMPTS,
+        DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_ON,
+    };
+}
 
 /// The namespace label that puts a namespace's workloads in the mesh.
 pub const INJECT_LABEL: &str = "mesh.io/inject";
@@ -32,6 +48,23 @@ pub const INJECT_LABEL: &str = "mesh.io/inject";
 pub const INJECT_ANNOTATION: &str = "mesh.io/inject";
 /// The annotation (on a Namespace or Workload) that sets the mTLS mode.
 pub const MTLS_MODE_ANNOTATION: &str = "mesh.io/mtls-mode";
+/// The annotation (on a Workload or Pod) that sets its endpoints' load-balancing
+/// weight, 1 to 128 (default 1).
+pub const ENDPOINT_WEIGHT_ANNOTATION: &str = "mesh.io/endpoint-weight";
+/// The highest endpoint weight (the range Envoy's `load_balancing_weight` and
+/// gRPC handle well, and what a ring's points per endpoint allow).
+pub const MAX_ENDPOINT_WEIGHT: u32 = 128;
+
+/// Reads an endpoint weight annotation: a whole number from 1 to
+/// [`MAX_ENDPOINT_WEIGHT`].
+pub fn parse_endpoint_weight(value: &str) -> Option<u32> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|w| (1..=MAX_ENDPOINT_WEIGHT).contains(w))
+}
+
 /// The default Kubernetes cluster domain used in service FQDNs.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// The default SPIFFE trust domain.

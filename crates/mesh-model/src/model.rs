@@ -10,6 +10,7 @@ use crate::objects::{
     AuthorizationAction, AuthorizationPolicy, ExplicitEndpoint, MtlsMode, Namespace, Object,
     ObjectKey, Service, ServicePort, Workload,
 };
+use crate::traffic_policy::TrafficPolicy;
 
 /// Settings that shape names derived from the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +44,9 @@ pub struct Model {
     workloads: BTreeMap<ObjectKey, Workload>,
     #[serde(serialize_with = "values")]
     authorization_policies: BTreeMap<ObjectKey, AuthorizationPolicy>,
+    /// By target service (namespace, service name).
+    #[serde(serialize_with = "values")]
+    traffic_policies: BTreeMap<ObjectKey, TrafficPolicy>,
 }
 
 /// Maps serialize as lists of their values: JSON keys must be strings.
@@ -67,6 +71,9 @@ pub struct Endpoint {
     /// Terminating but still serving: proxies send it no new requests but let
     /// requests already on its connections finish (drained, not cut).
     pub draining: bool,
+    /// Load-balancing weight from the workload's `mesh.io/endpoint-weight`
+    /// annotation (1 when absent or invalid).
+    pub weight: u32,
 }
 
 /// One port of a meshed service with its resolved endpoints.
@@ -106,6 +113,17 @@ impl Model {
                     model
                         .authorization_policies
                         .insert(ObjectKey::new(&p.namespace, &p.name), p);
+                }
+                Object::TrafficPolicy(p) => {
+                    // One policy per service; when a registry holds two (Kubernetes
+                    // cannot forbid it), the first by name wins, deterministically.
+                    let key = ObjectKey::new(&p.namespace, &p.service);
+                    match model.traffic_policies.get(&key) {
+                        Some(old) if old.name < p.name => {}
+                        _ => {
+                            model.traffic_policies.insert(key, p);
+                        }
+                    }
                 }
             }
         }
@@ -204,6 +222,13 @@ impl Model {
             .unwrap_or(MtlsMode::Strict)
     }
 
+    /// The TrafficPolicy that applies to `service`, if any (absent fields and
+    /// a missing policy both mean the defaults).
+    pub fn traffic_policy(&self, service: &Service) -> Option<&TrafficPolicy> {
+        self.traffic_policies
+            .get(&ObjectKey::new(&service.namespace, &service.name))
+    }
+
     /// The identity a workload's certificate carries.
     pub fn identity(&self, workload: &Workload) -> Identity {
         Identity::new(
@@ -249,6 +274,7 @@ impl Model {
                     identity: self.identity(w),
                     sidecar: w.is_injected(),
                     draining: false,
+                    weight: w.endpoint_weight(),
                 })
             })
             .collect()
@@ -298,6 +324,7 @@ impl Model {
                 identity: self.identity(workload),
                 sidecar: workload.is_injected(),
                 draining,
+                weight: workload.endpoint_weight(),
             };
             by_address
                 .entry(address)
@@ -415,6 +442,42 @@ spec: {address: 127.0.1.3, ports: [{name: http, port: 8080}], serviceAccount: ca
             permissive.mtls_mode(permissive.workload("shop", "catalog-1").unwrap()),
             MtlsMode::Permissive
         );
+    }
+
+    #[test]
+    fn traffic_policies_index_by_service_and_weights_reach_endpoints() {
+        let mut objects = parse_documents(
+            &MESH.replace(
+                "metadata: {name: catalog-1, namespace: shop, labels: {app: catalog}}",
+                "metadata: {name: catalog-1, namespace: shop, labels: {app: catalog}, annotations: {mesh.io/endpoint-weight: \"9\"}}",
+            ),
+            "t",
+        )
+        .unwrap();
+        let policy = |name: &str, lb: &str| {
+            parse_documents(
+                &format!("apiVersion: mesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{targetRef: {{name: catalog}}, loadBalancer: {{simple: {lb}}}}}\n"),
+                "p",
+            )
+            .unwrap()
+        };
+        // Two policies for one service (possible in Kubernetes): first by name wins.
+        objects.extend(policy("z", "ROUND_ROBIN"));
+        objects.extend(policy("a", "LEAST_REQUEST"));
+        let m = Model::new(objects, ModelOptions::default());
+        let svc = m.service("shop", "catalog").unwrap();
+        let p = m.traffic_policy(svc).expect("policy");
+        assert_eq!(p.name, "a");
+        assert!(
+            m.traffic_policy(m.service("legacy", "old").unwrap_or(svc))
+                .is_some()
+        );
+        let weights: Vec<u32> = m
+            .endpoints(svc, &svc.ports[0])
+            .iter()
+            .map(|e| e.weight)
+            .collect();
+        assert_eq!(weights, [9, 1]);
     }
 
     #[test]

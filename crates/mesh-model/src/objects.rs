@@ -43,6 +43,8 @@ pub enum Object {
     Workload(Workload),
     /// Which callers may reach which workloads.
     AuthorizationPolicy(AuthorizationPolicy),
+    /// How callers reach one service: balancing and resilience.
+    TrafficPolicy(crate::TrafficPolicy),
 }
 
 impl Object {
@@ -55,6 +57,7 @@ impl Object {
             Object::AuthorizationPolicy(p) => {
                 format!("AuthorizationPolicy/{}/{}", p.namespace, p.name)
             }
+            Object::TrafficPolicy(p) => format!("TrafficPolicy/{}/{}", p.namespace, p.name),
         }
     }
 }
@@ -181,6 +184,16 @@ impl Workload {
         self.annotations
             .get(crate::INJECT_ANNOTATION)
             .is_none_or(|v| v != "disabled")
+    }
+
+    /// The load-balancing weight of this instance's endpoints: its
+    /// `mesh.io/endpoint-weight` annotation, else 1. Mesh files reject a bad value;
+    /// from Kubernetes (where pods are not validated by the mesh) it counts as 1.
+    pub fn endpoint_weight(&self) -> u32 {
+        self.annotations
+            .get(crate::ENDPOINT_WEIGHT_ANNOTATION)
+            .and_then(|v| crate::parse_endpoint_weight(v))
+            .unwrap_or(1)
     }
 
     /// The workload port a service's target port refers to, if it exists.

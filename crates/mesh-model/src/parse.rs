@@ -12,30 +12,31 @@ use crate::objects::{
     AuthorizationSource, MtlsMode, Namespace, Object, Service, ServicePort, TargetPort, Workload,
     WorkloadPort,
 };
+use crate::parse_traffic_policy::{parse_traffic_policy, render_traffic_policy};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawDocument {
+pub(crate) struct RawDocument {
     #[serde(default)]
-    api_version: String,
+    pub(crate) api_version: String,
     #[serde(default)]
-    kind: String,
+    pub(crate) kind: String,
     #[serde(default)]
-    metadata: RawMetadata,
+    pub(crate) metadata: RawMetadata,
     #[serde(default)]
-    spec: serde_yaml::Value,
+    pub(crate) spec: serde_yaml::Value,
 }
 
 #[derive(Deserialize, Default)]
-struct RawMetadata {
+pub(crate) struct RawMetadata {
     #[serde(default)]
-    name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
 }
 
 /// A Kubernetes ServiceSpec; fields the mesh does not use are tolerated so that real
@@ -124,6 +125,7 @@ pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelErr
     let mut objects = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut cluster_ips: HashMap<IpAddr, (String, usize)> = HashMap::new();
+    let mut policy_targets: HashMap<(String, String), (String, usize)> = HashMap::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc_no = index + 1;
         let value = serde_yaml::Value::deserialize(document).map_err(|e| {
@@ -156,6 +158,25 @@ pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Object>, ModelErr
                 ModelErrorKind::Invalid {
                     field: "spec.clusterIP".into(),
                     reason: format!("{ip} is already the cluster IP of {owner} (document {doc})"),
+                },
+            )
+            .with_object(described));
+        }
+        if let Object::TrafficPolicy(p) = &object
+            && let Some((owner, doc)) = policy_targets.insert(
+                (p.namespace.clone(), p.service.clone()),
+                (described.clone(), doc_no),
+            )
+        {
+            return Err(ModelError::new(
+                origin,
+                Some(doc_no),
+                ModelErrorKind::Invalid {
+                    field: "spec.targetRef.name".into(),
+                    reason: format!(
+                        "Service {}/{} already has {owner} (document {doc}); one TrafficPolicy per Service",
+                        p.namespace, p.service
+                    ),
                 },
             )
             .with_object(described));
@@ -234,12 +255,13 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
         ("mesh.io/v1alpha1", "AuthorizationPolicy") => {
             parse_authorization_policy(&raw, &namespace).map_err(|k| fail(k, &namespace))
         }
-        ("gateway.networking.k8s.io/v1", "HTTPRoute") | ("mesh.io/v1alpha1", "TrafficPolicy") => {
-            Err(fail(
-                ModelErrorKind::Unsupported(raw.kind.clone()),
-                &namespace,
-            ))
-        }
+        ("mesh.io/v1alpha1", "TrafficPolicy") => parse_traffic_policy(&raw, &namespace)
+            .map(Object::TrafficPolicy)
+            .map_err(|k| fail(k, &namespace)),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => Err(fail(
+            ModelErrorKind::Unsupported(raw.kind.clone()),
+            &namespace,
+        )),
         _ => Err(fail(
             ModelErrorKind::UnknownKind {
                 kind: raw.kind.clone(),
@@ -250,7 +272,7 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
     }
 }
 
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ModelErrorKind {
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ModelErrorKind {
     ModelErrorKind::Invalid {
         field: field.into(),
         reason: reason.into(),
@@ -258,7 +280,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ModelErrorKin
 }
 
 /// Names must be RFC 1123 labels: they end up in DNS names and SPIFFE IDs.
-fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -285,7 +307,7 @@ fn check_port(field: &str, port: i64) -> Result<u16, ModelErrorKind> {
         .ok_or_else(|| invalid(field, format!("port {port} is out of range 1-65535")))
 }
 
-fn spec<T: serde::de::DeserializeOwned>(raw: &RawDocument) -> Result<T, ModelErrorKind> {
+pub(crate) fn spec<T: serde::de::DeserializeOwned>(raw: &RawDocument) -> Result<T, ModelErrorKind> {
     let spec = if raw.spec.is_null() {
         serde_yaml::Value::Mapping(Default::default())
     } else {
@@ -371,6 +393,20 @@ fn parse_workload(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErr
         });
     }
     check_mtls_annotation(&raw.metadata.annotations)?;
+    if let Some(v) = raw
+        .metadata
+        .annotations
+        .get(crate::ENDPOINT_WEIGHT_ANNOTATION)
+        && crate::parse_endpoint_weight(v).is_none()
+    {
+        return Err(invalid(
+            format!(
+                "metadata.annotations[{}]",
+                crate::ENDPOINT_WEIGHT_ANNOTATION
+            ),
+            format!("{v:?} must be a whole number from 1 to 128"),
+        ));
+    }
     let service_account = spec.service_account.unwrap_or_else(|| "default".into());
     check_name("spec.serviceAccount", &service_account)?;
     let env = match spec.env {
@@ -543,6 +579,7 @@ pub fn render_documents(objects: &[Object]) -> String {
                     },
                 })
             }
+            Object::TrafficPolicy(p) => render_traffic_policy(p),
             Object::Service(s) => {
                 let ports: Vec<_> = s
                     .ports
@@ -655,8 +692,9 @@ spec:
     fn unknown_and_unsupported_kinds() {
         let e = err("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
         assert!(matches!(e.kind, ModelErrorKind::UnknownKind { .. }), "{e}");
-        let e = err("apiVersion: mesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\n");
-        assert_eq!(e.kind, ModelErrorKind::Unsupported("TrafficPolicy".into()));
+        let e =
+            err("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\n");
+        assert_eq!(e.kind, ModelErrorKind::Unsupported("HTTPRoute".into()));
         assert!(e.to_string().contains("not supported yet"));
     }
 

@@ -558,12 +558,14 @@ fn traffic_policy_schema_accepts_the_documented_fields() {
             "loadBalancer": {"simple": "RING_HASH", "consistentHash": {"httpCookie": {"name": "session", "ttl": "1h"}}},
             "timeouts": {"request": "15s", "connect": "1s", "idle": "5m"},
             "retries": {"attempts": 3, "perTryTimeout": "500ms", "retryOn": ["5xx", "connect-failure"],
-                        "budget": {"percent": 20, "minRetriesPerSecond": 10}},
+                        "budget": {"percent": 20, "minRetryConcurrency": 3}},
             "connectionPool": {"maxConnections": 100, "maxPendingRequests": 50, "maxRequests": 1000},
             "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s", "maxEjectionPercent": 50},
         }
     });
     assert_eq!(errors_of("TrafficPolicy", &sample), Vec::<String>::new());
+    // What the schema accepts, the mesh's parser accepts too.
+    mesh_model::parse_document(&sample, "sample").expect("the mesh parser accepts the sample");
     let bad = |edit: &dyn Fn(&mut Value)| {
         let mut v = sample.clone();
         edit(&mut v);

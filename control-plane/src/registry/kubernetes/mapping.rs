@@ -19,6 +19,7 @@
 //! - `mesh.io/v1alpha1` AuthorizationPolicy → [`mesh_model::AuthorizationPolicy`]
 //!   through the file source's parser: one meaning wherever a policy is written.
 //!   An invalid policy is skipped and reported; it never blocks the rest.
+//! - `mesh.io/v1alpha1` TrafficPolicy → [`mesh_model::TrafficPolicy`], the same way.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -53,6 +54,8 @@ pub struct ClusterState {
     pub pods: Vec<Arc<Pod>>,
     /// `mesh.io/v1alpha1` AuthorizationPolicies.
     pub authorization_policies: Vec<Arc<DynamicObject>>,
+    /// `mesh.io/v1alpha1` TrafficPolicies.
+    pub traffic_policies: Vec<Arc<DynamicObject>>,
 }
 
 /// The result of one mapping pass.
@@ -99,8 +102,13 @@ pub fn map_cluster(state: &ClusterState) -> Mapped {
             .filter_map(|p| workload(p))
             .map(Object::Workload),
     );
-    for policy in &state.authorization_policies {
-        match authorization_policy(policy) {
+    let policies = state
+        .authorization_policies
+        .iter()
+        .map(|p| authorization_policy(p))
+        .chain(state.traffic_policies.iter().map(|p| traffic_policy(p)));
+    for policy in policies {
+        match policy {
             Ok(o) => objects.push(o),
             Err(e) => mapped.rejected.push(e),
         }
@@ -117,6 +125,7 @@ fn kind_rank(o: &Object) -> u8 {
         Object::Service(_) => 1,
         Object::Workload(_) => 2,
         Object::AuthorizationPolicy(_) => 3,
+        Object::TrafficPolicy(_) => 4,
     }
 }
 
@@ -294,15 +303,27 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
 /// A `mesh.io/v1alpha1` AuthorizationPolicy custom resource → the model's
 /// policy, validated exactly like the file source; the error names the object.
 pub fn authorization_policy(obj: &DynamicObject) -> Result<Object, String> {
+    mesh_custom_resource("AuthorizationPolicy", obj)
+}
+
+/// A `mesh.io/v1alpha1` TrafficPolicy custom resource → the model's policy,
+/// validated exactly like the file source; the error names the object.
+pub fn traffic_policy(obj: &DynamicObject) -> Result<Object, String> {
+    mesh_custom_resource("TrafficPolicy", obj)
+}
+
+/// A `mesh.io/v1alpha1` custom resource of `kind` through the mesh file's parser
+/// (name, namespace and spec only: status and other metadata mean nothing here).
+fn mesh_custom_resource(kind: &str, obj: &DynamicObject) -> Result<Object, String> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let document = serde_json::json!({
         "apiVersion": "mesh.io/v1alpha1",
-        "kind": "AuthorizationPolicy",
+        "kind": kind,
         "metadata": {"name": name, "namespace": namespace},
         "spec": obj.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
     });
-    let origin = format!("AuthorizationPolicy/{namespace}/{name}");
+    let origin = format!("{kind}/{namespace}/{name}");
     mesh_model::parse_document(&document, &origin).map_err(|e| e.to_string())
 }
 

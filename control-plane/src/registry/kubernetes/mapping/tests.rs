@@ -194,6 +194,13 @@ fn policy(spec: serde_json::Value) -> serde_json::Value {
     })
 }
 
+fn traffic(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut v = policy(spec);
+    v["kind"] = json!("TrafficPolicy");
+    v["metadata"]["name"] = json!(name);
+    v
+}
+
 fn state(labelled: bool) -> ClusterState {
     ClusterState {
         namespaces: vec![de(shop_ns(labelled))],
@@ -239,6 +246,10 @@ fn state(labelled: bool) -> ClusterState {
         ],
         authorization_policies: vec![de(policy(
             json!({"selector": {"matchLabels": {"app": "catalog"}}, "rules": [{"from": [{"source": {"namespaces": ["web"]}}]}]}),
+        ))],
+        traffic_policies: vec![de(traffic(
+            "catalog",
+            json!({"targetRef": {"kind": "Service", "name": "catalog"}, "loadBalancer": {"simple": "ROUND_ROBIN"}, "retries": {"attempts": 1}}),
         ))],
     }
 }
@@ -477,6 +488,11 @@ fn the_model_from_a_cluster() {
     );
     let w = model.workload("shop", "catalog-7d9f8b6c5-abcde").unwrap();
     assert_eq!(model.authorization_policies(w).len(), 1);
+    let tp = model
+        .traffic_policy(svc)
+        .expect("the TrafficPolicy CR applies");
+    assert_eq!(tp.load_balancer, mesh_model::LoadBalancer::RoundRobin);
+    assert_eq!(tp.retries.attempts, 1);
 
     // Same namespace unlabelled: nothing is meshed.
     let unmeshed = Model::new(map_cluster(&state(false)).objects, ModelOptions::default());
@@ -519,4 +535,24 @@ fn a_bad_policy_is_reported_and_the_rest_maps() {
             .iter()
             .any(|o| matches!(o, Object::Service(_)))
     );
+}
+
+#[test]
+fn a_bad_traffic_policy_is_reported_like_a_file_error() {
+    let mut s = state(true);
+    s.traffic_policies.push(de(traffic(
+        "broken",
+        json!({"targetRef": {"name": "catalog"}, "retries": {"retryOn": ["sometimes"]}}),
+    )));
+    let mapped = map_cluster(&s);
+    assert_eq!(mapped.rejected.len(), 1, "{:?}", mapped.rejected);
+    let reason = &mapped.rejected[0];
+    assert!(reason.starts_with("TrafficPolicy/shop/broken"), "{reason}");
+    assert!(reason.contains("spec.retries.retryOn[0]"), "{reason}");
+    let good = mapped
+        .objects
+        .iter()
+        .filter(|o| matches!(o, Object::TrafficPolicy(_)))
+        .count();
+    assert_eq!(good, 1, "the valid policy still maps");
 }
