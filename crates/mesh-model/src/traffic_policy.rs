@@ -66,6 +66,22 @@ pub struct TrafficPolicy {
     pub outlier_detection: OutlierDetection,
 }
 
+impl TrafficPolicy {
+    /// What a service without a policy gets: every field at its default.
+    pub fn defaults() -> TrafficPolicy {
+        TrafficPolicy {
+            name: String::new(),
+            namespace: String::new(),
+            service: String::new(),
+            load_balancer: LoadBalancer::default(),
+            timeouts: Timeouts::default(),
+            retries: Retries::default(),
+            connection_pool: ConnectionPool::default(),
+            outlier_detection: OutlierDetection::default(),
+        }
+    }
+}
+
 /// The load-balancing algorithm.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,6 +10,7 @@ pub mod authz;
 pub mod metadata;
 pub mod names;
 pub mod node;
+pub mod policy;
 pub mod resources;
 pub mod snapshot;
 pub mod types;

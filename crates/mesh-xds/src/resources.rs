@@ -51,11 +51,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
-use mesh_model::{Endpoint, MtlsMode};
+use mesh_model::{Endpoint, MtlsMode, TrafficPolicy};
 
 use crate::any::pack;
 use crate::metadata::{self, mesh_metadata};
 use crate::names;
+use crate::policy::{RoutePolicy, route_policy};
 
 /// The well-known name of Envoy's HTTP connection manager network filter.
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
@@ -459,6 +460,8 @@ pub fn api_listener(name: &str) -> Listener {
     }
 }
 
+/// A catch-all route to `cluster`. Its timeout is explicitly none (Envoy's
+/// default would be 15 s); service routes add their policy on top.
 fn route_to(cluster: &str) -> Route {
     Route {
         r#match: Some(RouteMatch {
@@ -467,10 +470,20 @@ fn route_to(cluster: &str) -> Route {
         }),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+            timeout: Some(Duration::default()),
             ..Default::default()
         })),
         ..Default::default()
     }
+}
+
+/// A catch-all route to a service port's cluster with the service's policy.
+pub fn service_route(cluster: &str, policy: &RoutePolicy) -> Route {
+    let mut route = route_to(cluster);
+    if let Some(Action::Route(action)) = route.action.as_mut() {
+        policy.apply(action);
+    }
+    route
 }
 
 /// A route configuration with one virtual host sending everything to `cluster`.
@@ -487,12 +500,22 @@ pub fn single_route(name: &str, cluster: &str, domains: &[&str]) -> RouteConfigu
     }
 }
 
-/// A virtual host for one service port, reachable by `domains`.
+/// A virtual host for one service port, reachable by `domains`, with the
+/// default traffic policy.
 pub fn service_virtual_host(cluster: &str, domains: Vec<String>) -> VirtualHost {
+    service_virtual_host_with(cluster, domains, &route_policy(None))
+}
+
+/// A virtual host for one service port with the service's route policy.
+pub fn service_virtual_host_with(
+    cluster: &str,
+    domains: Vec<String>,
+    policy: &RoutePolicy,
+) -> VirtualHost {
     VirtualHost {
         name: cluster.into(),
         domains,
-        routes: vec![route_to(cluster)],
+        routes: vec![service_route(cluster, policy)],
         ..Default::default()
     }
 }
@@ -514,26 +537,34 @@ fn http2_options() -> (String, envoy_types::pb::google::protobuf::Any) {
 fn base_cluster(name: &str, http2: bool) -> Cluster {
     Cluster {
         name: name.into(),
-        connect_timeout: Some(Duration {
-            seconds: 1,
-            nanos: 0,
-        }),
+        connect_timeout: Some(crate::policy::duration(
+            mesh_model::traffic_defaults::DEFAULT_CONNECT_TIMEOUT,
+        )),
         lb_policy: LbPolicy::RoundRobin as i32,
         typed_extension_protocol_options: http2.then(http2_options).into_iter().collect(),
         ..Default::default()
     }
 }
 
-/// The EDS cluster of a service port; `http2` when the app speaks HTTP/2 (gRPC).
+/// The EDS cluster of a service port with the default traffic policy; `http2`
+/// when the app speaks HTTP/2 (gRPC).
 pub fn service_cluster(name: &str, http2: bool) -> Cluster {
-    Cluster {
+    service_cluster_with(name, http2, None)
+}
+
+/// The EDS cluster of a service port with the service's TrafficPolicy (see
+/// [`crate::policy::apply_cluster_policy`]).
+pub fn service_cluster_with(name: &str, http2: bool, policy: Option<&TrafficPolicy>) -> Cluster {
+    let mut cluster = Cluster {
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_config_source()),
             service_name: String::new(),
         }),
         ..base_cluster(name, http2)
-    }
+    };
+    crate::policy::apply_cluster_policy(&mut cluster, policy);
+    cluster
 }
 
 /// The static cluster that delivers inbound traffic to the local app.
@@ -546,6 +577,7 @@ pub fn inbound_cluster(app: SocketAddr, http2: bool) -> Cluster {
             endpoints: vec![locality_endpoints(vec![lb_endpoint(
                 app,
                 HealthStatus::Healthy,
+                1,
                 None,
             )])],
             ..Default::default()
@@ -559,6 +591,7 @@ pub fn inbound_cluster(app: SocketAddr, http2: bool) -> Cluster {
 fn lb_endpoint(
     addr: SocketAddr,
     health: HealthStatus,
+    weight: u32,
     metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
 ) -> LbEndpoint {
     LbEndpoint {
@@ -568,7 +601,9 @@ fn lb_endpoint(
         })),
         health_status: health as i32,
         metadata,
-        load_balancing_weight: Some(UInt32Value { value: 1 }),
+        load_balancing_weight: Some(UInt32Value {
+            value: weight.max(1),
+        }),
     }
 }
 
@@ -604,7 +639,7 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
             } else {
                 HealthStatus::Healthy
             };
-            lb_endpoint(ep.address, health, Some(mesh_metadata(fields)))
+            lb_endpoint(ep.address, health, ep.weight, Some(mesh_metadata(fields)))
         })
         .collect();
     ClusterLoadAssignment {

@@ -29,7 +29,7 @@ use prost::{Message, Name};
 
 use crate::node::ProxyNode;
 use crate::types::ResourceType;
-use crate::{names, resources, version};
+use crate::{names, policy, resources, version};
 
 /// One encoded resource with its content version.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,11 +123,12 @@ impl Snapshot {
         for view in model.service_ports() {
             let name = names::service_port(&view.fqdn, view.port.port);
             let http2 = resources::is_http2(view.port.app_protocol.as_deref());
+            let traffic = model.traffic_policy(view.service);
             clusters.insert(
                 name.clone(),
                 Resource::reuse(
                     &name,
-                    &resources::service_cluster(&name, http2),
+                    &resources::service_cluster_with(&name, http2, traffic),
                     prev(|p| &p.clusters, &name).as_ref(),
                 ),
             );
@@ -145,10 +146,12 @@ impl Snapshot {
                 Resource::new(&name, &resources::api_listener(&name)),
             );
             let domains = [name.as_str(), view.fqdn.as_str()];
-            api_routes.insert(
-                name.clone(),
-                Resource::new(&name, &resources::single_route(&name, &name, &domains)),
-            );
+            let mut api_route = resources::single_route(&name, &name, &domains);
+            api_route.virtual_hosts[0].routes = vec![resources::service_route(
+                &name,
+                &policy::route_policy(traffic),
+            )];
+            api_routes.insert(name.clone(), Resource::new(&name, &api_route));
         }
         clusters.insert(
             resources::PASSTHROUGH_CLUSTER.into(),
@@ -235,7 +238,8 @@ fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
             .into_iter()
             .filter(|d| seen.insert(d.clone()))
             .collect();
-            resources::service_virtual_host(&cluster, domains)
+            let policy = policy::route_policy(model.traffic_policy(view.service));
+            resources::service_virtual_host_with(&cluster, domains, &policy)
         })
         .collect();
     let config = envoy_types::pb::envoy::config::route::v3::RouteConfiguration {

@@ -331,6 +331,7 @@ fn draining_endpoints_are_marked_draining() {
         identity: Identity::new("cluster.local", "shop", "catalog"),
         sidecar: true,
         draining,
+        weight: 1,
     };
     let cla = crate::resources::load_assignment(
         "c",
@@ -499,4 +500,60 @@ fn opaque_ports_get_tcp_proxy_chains_out_and_in() {
     policies.sort();
     assert_eq!(policies, ["shop/web-only[0]"]);
     assert!(!rbac.stat_prefix.is_empty(), "Envoy requires a stat_prefix");
+}
+
+#[test]
+fn traffic_policies_reach_the_cluster_and_both_routes() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let text = format!(
+        "{MESH}---\napiVersion: mesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: cat, namespace: shop}}\nspec:\n  targetRef: {{name: catalog}}\n  loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}\n  timeouts: {{request: 2s}}\n  retries: {{attempts: 0}}\n  connectionPool: {{maxRequests: 7}}\n"
+    )
+    .replace(
+        "metadata: {name: catalog-1, namespace: shop, labels: {app: catalog}}",
+        "metadata: {name: catalog-1, namespace: shop, labels: {app: catalog}, annotations: {mesh.io/endpoint-weight: \"5\"}}",
+    );
+    let model = Model::new(
+        parse_documents(&text, "t").unwrap(),
+        ModelOptions::default(),
+    );
+    let snapshot = Arc::new(Snapshot::build(Arc::new(model), Arc::from(BUNDLE), 1, None));
+    let node = ProxyNode {
+        id: "n".into(),
+        workload: None,
+        namespace: "shop".into(),
+        admin_address: None,
+    };
+    let view = ProxyView::new(snapshot, &node);
+    let name = "catalog.shop.svc.cluster.local:8080";
+    let cluster: Cluster = unpack(&view.get(ResourceType::Cluster, name).unwrap().body).unwrap();
+    assert_eq!(cluster.lb_policy, LbPolicy::RingHash as i32);
+    let limits = &cluster.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(limits.max_requests.as_ref().unwrap().value, 7);
+    assert_eq!(limits.max_connections.as_ref().unwrap().value, u32::MAX);
+    let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+        unpack(&view.get(ResourceType::Endpoint, name).unwrap().body).unwrap();
+    let weight = cla.endpoints[0].lb_endpoints[0]
+        .load_balancing_weight
+        .as_ref();
+    assert_eq!(weight.unwrap().value, 5);
+    for route_name in ["outbound", name] {
+        let routes: RouteConfiguration =
+            unpack(&view.get(ResourceType::Route, route_name).unwrap().body).unwrap();
+        let vh = routes
+            .virtual_hosts
+            .iter()
+            .find(|vh| vh.name == name)
+            .unwrap_or(&routes.virtual_hosts[0]);
+        let Some(Action::Route(action)) = &vh.routes[0].action else {
+            panic!("route action")
+        };
+        assert_eq!(action.timeout.as_ref().unwrap().seconds, 2, "{route_name}");
+        assert!(action.retry_policy.is_none(), "attempts 0: no retries");
+        assert!(matches!(
+            &action.hash_policy[0].policy_specifier,
+            Some(PolicySpecifier::Header(h)) if h.header_name == "x-user"
+        ));
+    }
 }
