@@ -42,6 +42,7 @@ use prost::Name;
 use serde::Serialize;
 
 use crate::authz::{Authz, RBAC_FILTER, decode_rbac};
+use crate::decode_policy::{ClusterPolicy, RoutePolicySpec, cluster_policy, route_policy};
 use crate::tcp_listener::{
     ChainMatch, ListenerFilters, TcpChainSpec, chain_match, is_tcp_chain, listener_filters,
     tcp_chain,
@@ -143,13 +144,16 @@ pub struct VirtualHostSpec {
     pub rules: Vec<RouteRule>,
 }
 
-/// One route: a path match and the cluster it sends to.
+/// One route: a path match, the cluster it sends to and how (timeout, retries,
+/// hashing).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteRule {
     /// Path condition.
     pub path: PathMatch,
     /// Target cluster name.
     pub cluster: String,
+    /// Timeout, retries and hash policy.
+    pub policy: Arc<RoutePolicySpec>,
 }
 
 /// The path conditions the proxy supports.
@@ -183,6 +187,8 @@ pub struct ClusterSpec {
     pub http2: bool,
     /// Connect timeout in milliseconds.
     pub connect_timeout_ms: u64,
+    /// Balancer, circuit breakers, retry budget, outlier detection.
+    pub policy: ClusterPolicy,
 }
 
 /// How a cluster's endpoints are found.
@@ -211,6 +217,8 @@ pub struct EndpointSpec {
     pub namespace: Option<String>,
     /// Inbound port of the endpoint's sidecar; absent when it has none.
     pub sidecar_port: Option<u16>,
+    /// Load-balancing weight (1 when not given).
+    pub weight: u32,
 }
 
 /// A decoded EDS resource.
@@ -518,9 +526,12 @@ fn route_config(r: &RouteConfiguration) -> Result<RouteSpec, String> {
                 None => PathMatch::Prefix(String::new()),
                 Some(_) => return Err(format!("{}: unsupported path match", at())),
             };
-            let cluster = match &route.action {
+            let (cluster, policy) = match &route.action {
                 Some(Action::Route(a)) => match &a.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => c.clone(),
+                    Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => (
+                        c.clone(),
+                        route_policy(a).map_err(|e| format!("{}: {e}", at()))?,
+                    ),
                     _ => {
                         return Err(format!(
                             "{}: only a single named cluster is supported",
@@ -530,7 +541,11 @@ fn route_config(r: &RouteConfiguration) -> Result<RouteSpec, String> {
                 },
                 _ => return Err(format!("{}: unsupported route action", at())),
             };
-            rules.push(RouteRule { path, cluster });
+            rules.push(RouteRule {
+                path,
+                cluster,
+                policy: Arc::new(policy),
+            });
         }
         virtual_hosts.push(VirtualHostSpec {
             name: vh.name.clone(),
@@ -619,6 +634,7 @@ fn cluster(c: &Cluster) -> Result<ClusterSpec, String> {
         discovery,
         http2,
         connect_timeout_ms,
+        policy: cluster_policy(c)?,
     })
 }
 
@@ -655,6 +671,10 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<LoadAssignment, String> 
                     Some(n as u16)
                 }
             };
+            let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            if weight == 0 {
+                return Err(format!("endpoint {address}: load_balancing_weight 0"));
+            }
             if healthy {
                 endpoints.push(EndpointSpec {
                     address,
@@ -662,6 +682,7 @@ fn load_assignment(a: &ClusterLoadAssignment) -> Result<LoadAssignment, String> 
                     workload: text(META_WORKLOAD),
                     namespace: text(META_NAMESPACE),
                     sidecar_port,
+                    weight: weight.min(mesh_model::MAX_ENDPOINT_WEIGHT),
                 });
             }
         }

@@ -134,7 +134,7 @@ fn choose(
             ),
         ));
     };
-    match cluster.pick().cloned() {
+    match cluster.pick_endpoint().cloned() {
         Some(endpoint) => Ok(Chosen {
             cluster,
             endpoint,
@@ -265,7 +265,7 @@ pub async fn handle(
                             None,
                             cluster.connect_timeout,
                             &authority,
-                            req,
+                            req.map(http_body_util::Either::Left),
                         )
                         .await
                         .map(|resp| resp.map(http_body_util::Either::Left))

@@ -101,6 +101,31 @@ pub struct DeniedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the resilience counters: the service and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResilienceLabels {
+    /// Called service FQDN.
+    pub destination_service: String,
+    /// The limit that refused a request, or the retry outcome.
+    pub reason: &'static str,
+}
+
+/// A resilience event of an outbound request (rare by nature, so counted
+/// without cached handles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResilienceEvent {
+    /// Refused by a circuit-breaker limit (its Envoy name).
+    Overflow(&'static str),
+    /// A retry was sent.
+    Retried,
+    /// A retry was due but the budget was spent.
+    BudgetExhausted,
+    /// An endpoint was ejected.
+    Ejected,
+    /// The route timeout expired (504).
+    Timeout,
+}
+
 /// Labels of the `mesh_tcp_*` metrics: the request labels without the
 /// per-request ones (`response_code`, `grpc_status`).
 ///
@@ -190,6 +215,14 @@ pub struct Metrics {
     /// `mesh_inbound_tls_handshake_failures_total`: inbound TLS handshakes that
     /// failed (no or untrusted client certificate, timeouts).
     pub tls_handshake_failures: Counter,
+    /// `mesh_circuit_breaker_rejections_total{destination_service,reason}`.
+    overflows: Family<ResilienceLabels, Counter>,
+    /// `mesh_retries_total{destination_service,reason}` (`retried`, `budget_exhausted`).
+    retries: Family<ResilienceLabels, Counter>,
+    /// `mesh_outlier_ejections_total{destination_service,reason}`.
+    ejections: Family<ResilienceLabels, Counter>,
+    /// `mesh_request_timeouts_total{destination_service,reason}`.
+    timeouts: Family<ResilienceLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -235,6 +268,30 @@ impl Metrics {
             "Inbound TLS handshakes that failed",
             tls_handshake_failures.clone(),
         );
+        let overflows = Family::<ResilienceLabels, Counter>::default();
+        let retries = Family::<ResilienceLabels, Counter>::default();
+        let ejections = Family::<ResilienceLabels, Counter>::default();
+        let timeouts = Family::<ResilienceLabels, Counter>::default();
+        registry.register(
+            "mesh_circuit_breaker_rejections",
+            "Outbound requests refused by a circuit-breaker limit",
+            overflows.clone(),
+        );
+        registry.register(
+            "mesh_retries",
+            "Outbound retries sent, or not sent because the retry budget was spent",
+            retries.clone(),
+        );
+        registry.register(
+            "mesh_outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            ejections.clone(),
+        );
+        registry.register(
+            "mesh_request_timeouts",
+            "Outbound requests answered 504 by the route timeout",
+            timeouts.clone(),
+        );
         registry.register("mesh_requests", "Requests handled", requests.clone());
         registry.register(
             "mesh_request_duration_seconds",
@@ -279,9 +336,31 @@ impl Metrics {
             authz_denied,
             plaintext_refused,
             tls_handshake_failures,
+            overflows,
+            retries,
+            ejections,
+            timeouts,
         }
     }
 
+    /// Counts one resilience event for `service`.
+    pub fn resilience(&self, service: &str, event: ResilienceEvent) {
+        let (family, reason) = match event {
+            ResilienceEvent::Overflow(limit) => (&self.overflows, limit),
+            ResilienceEvent::Retried => (&self.retries, "retried"),
+            ResilienceEvent::BudgetExhausted => (&self.retries, "budget_exhausted"),
+            ResilienceEvent::Ejected => (&self.ejections, "consecutive_5xx"),
+            ResilienceEvent::Timeout => (&self.timeouts, "route_timeout"),
+        };
+        family
+            .get_or_create(&ResilienceLabels {
+                destination_service: service.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts an accepted downstream connection.
     /// Counts an accepted downstream connection served as HTTP (or refused).
     pub fn connection_opened(&self, reporter: Reporter) {
         self.opened

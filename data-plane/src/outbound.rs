@@ -1,25 +1,32 @@
 //! The outbound listener: app -> mesh.
 //!
 //! Requests are routed by the absolute URI's authority (explicit proxy use) or the
-//! `Host`/`:authority` header, to a cluster, to an endpoint picked round robin.
+//! `Host`/`:authority` header, to a cluster, through its circuit breaker, to an
+//! endpoint its balancer picks, retried within the route's timeout and the
+//! cluster's retry budget when the route's retry policy says so.
 //! Endpoints with a sidecar are reached at the sidecar's inbound port with the mesh
 //! hop headers, over mutual TLS with the endpoint's SPIFFE ID checked when this
 //! proxy has an identity (over h2c in dev mode); others directly.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::circuit_breaker::Overflow;
+use crate::decode_policy::{RetrySpec, RoutePolicySpec};
+use crate::hash_key::hash_key;
 use crate::headers::{
     DESTINATION_SERVICE, SOURCE_NAMESPACE, SOURCE_WORKLOAD, TARGET_PORT, strip_mesh,
 };
-use crate::metrics::{Reporter, RequestLabels};
+use crate::metrics::{Reporter, RequestLabels, ResilienceEvent};
+use crate::retry::{self, Outcome, RequestBody};
 use crate::routing::{ClusterRt, EndpointRt};
 use crate::state::ProxyState;
-use crate::upstream::{Mtls, ProxyBody, UpstreamError, local_response};
+use crate::upstream::{Mtls, ProxyBody, UpstreamBody, UpstreamError, local_response};
 
 /// The host a request is for, lowercased: the URI authority when the request is in
 /// absolute form (or HTTP/2), else the `Host` header. User info is dropped.
@@ -37,7 +44,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// What routing decided for a request.
 enum Decision {
-    Forward(Arc<ClusterRt>, Arc<EndpointRt>),
+    Forward(Arc<ClusterRt>, Arc<RoutePolicySpec>),
     Reject(StatusCode, String, Option<Arc<ClusterRt>>),
 }
 
@@ -70,14 +77,15 @@ fn decide(state: &ProxyState, host: &str, path: &str) -> Decision {
             None,
         );
     };
-    match cluster.pick().cloned() {
-        Some(ep) => Decision::Forward(cluster, ep),
-        None => Decision::Reject(
+    if cluster.endpoints.is_empty() {
+        // Fail fast: nothing to wait for or retry.
+        return Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("mesh-proxy: service {} has no endpoints", cluster.name),
             Some(cluster),
-        ),
+        );
     }
+    Decision::Forward(cluster, target.policy.clone())
 }
 
 fn reject(msg: String, status: StatusCode) -> Response<ProxyBody> {
@@ -85,8 +93,14 @@ fn reject(msg: String, status: StatusCode) -> Response<ProxyBody> {
     local_response(status, format!("{msg}\n"))
 }
 
-/// Handles one outbound request.
-pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+/// The response header naming the circuit-breaker limit that refused a request.
+pub const OVERLOADED_HEADER: &str = "x-mesh-overloaded";
+/// The response header naming the timeout that produced a 504.
+pub const TIMEOUT_HEADER: &str = "x-mesh-timeout";
+
+/// Handles one outbound request: route, admit (circuit breaker), then attempt
+/// and retry within the route timeout.
+pub async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     let rejected = |code: StatusCode, cluster: Option<&ClusterRt>| {
         let secs = start.elapsed().as_secs_f64();
@@ -119,11 +133,18 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             StatusCode::BAD_REQUEST,
         );
     };
-    let (cluster, ep) = match decide(&state, &host, req.uri().path()) {
-        Decision::Forward(c, e) => (c, e),
+    let (cluster, policy) = match decide(&state, &host, req.uri().path()) {
+        Decision::Forward(c, p) => (c, p),
         Decision::Reject(code, msg, cluster) => {
             rejected(code, cluster.as_deref());
             return reject(msg, code);
+        }
+    };
+    let _admitted = match cluster.load.admit(&cluster.policy.limits) {
+        Ok(slot) => slot,
+        Err(overflow) => {
+            rejected(StatusCode::SERVICE_UNAVAILABLE, Some(&cluster));
+            return overloaded(&state, &cluster, overflow);
         }
     };
 
@@ -147,6 +168,321 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             })
             .unwrap_or_else(|| host.clone()),
     };
+    if crate::upgrade::requested(&req) {
+        return upgrade(&state, &cluster, &authority, req, start).await;
+    }
+    let key = hash_key(&policy.hash, req.headers());
+    let (mut parts, body) = req.into_parts();
+    strip_mesh(&mut parts.headers);
+    let retry = policy.retry.as_ref().filter(|r| r.num_retries > 0);
+    let body = if retry.is_some() {
+        match retry::buffer(body).await {
+            Ok(b) => b,
+            Err(e) => {
+                rejected(StatusCode::BAD_REQUEST, Some(&cluster));
+                return reject(
+                    format!("mesh-proxy: reading the request body failed: {e}"),
+                    StatusCode::BAD_REQUEST,
+                );
+            }
+        }
+    } else {
+        RequestBody::Streaming(body)
+    };
+    let call = Call {
+        state: &state,
+        cluster: &cluster,
+        parts: &parts,
+        authority: &authority,
+        retry,
+        hash: key.hash,
+        start,
+    };
+    let mut resp = match policy.timeout {
+        None => call.run(body).await,
+        Some(limit) => match tokio::time::timeout(limit, call.run(body)).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                state
+                    .metrics
+                    .resilience(&cluster.service, ResilienceEvent::Timeout);
+                rejected(StatusCode::GATEWAY_TIMEOUT, Some(&cluster));
+                let mut resp = reject(
+                    format!(
+                        "mesh-proxy: request timeout of {} ms exceeded for service {} (route timeout)",
+                        limit.as_millis(),
+                        cluster.name
+                    ),
+                    StatusCode::GATEWAY_TIMEOUT,
+                );
+                resp.headers_mut()
+                    .insert(TIMEOUT_HEADER, HeaderValue::from_static("route"));
+                resp
+            }
+        },
+    };
+    if let Some(cookie) = key.set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    resp
+}
+
+/// 503 for a request a circuit-breaker limit refused, naming the limit.
+fn overloaded(state: &ProxyState, cluster: &ClusterRt, overflow: Overflow) -> Response<ProxyBody> {
+    let limits = &cluster.policy.limits;
+    let value = match overflow {
+        Overflow::Requests => limits.max_requests,
+        Overflow::Pending => limits.max_pending_requests,
+    };
+    state.metrics.resilience(
+        &cluster.service,
+        ResilienceEvent::Overflow(overflow.as_str()),
+    );
+    tracing::debug!(cluster = %cluster.name, limit = overflow.as_str(), "circuit breaker open");
+    let mut resp = local_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "mesh-proxy: circuit breaker open for service {}: {} ({value}) reached\n",
+            cluster.name,
+            overflow.as_str()
+        ),
+    );
+    resp.headers_mut().insert(
+        OVERLOADED_HEADER,
+        HeaderValue::from_static(overflow.as_str()),
+    );
+    resp
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Response(Response<Incoming>),
+    Failed(UpstreamError),
+    PerTryTimeout(Duration),
+}
+
+impl Attempt {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Response(r) => Outcome::Status(r.status()),
+            Attempt::PerTryTimeout(_) => Outcome::Timeout,
+            Attempt::Failed(UpstreamError::Connect { .. })
+            | Attempt::Failed(UpstreamError::IdentityMismatch { .. })
+            | Attempt::Failed(UpstreamError::NoTls(_)) => Outcome::ConnectFailure,
+            Attempt::Failed(UpstreamError::Refused { .. }) => Outcome::RefusedStream,
+            Attempt::Failed(UpstreamError::Exchange { .. }) => Outcome::Reset,
+            Attempt::Failed(UpstreamError::Invalid(_)) => Outcome::Status(StatusCode::BAD_REQUEST),
+        }
+    }
+}
+
+/// One outbound request's attempts.
+struct Call<'a> {
+    state: &'a ProxyState,
+    cluster: &'a Arc<ClusterRt>,
+    parts: &'a http::request::Parts,
+    authority: &'a str,
+    retry: Option<&'a RetrySpec>,
+    hash: Option<u64>,
+    start: Instant,
+}
+
+impl Call<'_> {
+    /// Attempts until one succeeds, the failure is not retriable, the retries or
+    /// the budget run out, or the body cannot be sent again.
+    async fn run(&self, body: RequestBody) -> Response<ProxyBody> {
+        let cluster = self.cluster;
+        let idempotent = retry::is_idempotent(&self.parts.method);
+        let mut body = Some(body);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut retries = 0u32;
+        let mut _retry_slot = None;
+        loop {
+            let avoid = self.retry.is_some_and(|r| r.avoid_previous_hosts);
+            let Some(i) = cluster.pick(self.hash, if avoid { &tried } else { &[] }) else {
+                return reject(
+                    format!("mesh-proxy: service {} has no endpoints", cluster.name),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+            };
+            let ep = &cluster.endpoints[i];
+            let (this_body, replay) = match body.take() {
+                Some(RequestBody::Buffered(b)) => (
+                    Either::Right(Full::new(b.clone())),
+                    Some(RequestBody::Buffered(b)),
+                ),
+                Some(RequestBody::Streaming(s)) => (Either::Left(s), None),
+                None => unreachable!("a streaming body is never retried"),
+            };
+            body = replay;
+            let attempt = match self.attempt(ep, this_body).await {
+                Ok(a) => a,
+                Err(resp) => return resp,
+            };
+            let outcome = attempt.outcome();
+            if cluster.record_outcome(i, outcome.is_endpoint_failure()) {
+                self.state
+                    .metrics
+                    .resilience(&cluster.service, ResilienceEvent::Ejected);
+            }
+            let again = self.retry.filter(|r| {
+                retries < r.num_retries
+                    && body.is_some()
+                    && retry::retriable(r, outcome, idempotent)
+            });
+            let Some(spec) = again else {
+                return self.respond(ep, attempt);
+            };
+            let Some(slot) = cluster.load.try_retry(&cluster.policy.retry_budget) else {
+                self.state
+                    .metrics
+                    .resilience(&cluster.service, ResilienceEvent::BudgetExhausted);
+                tracing::debug!(cluster = %cluster.name, "retry budget spent; not retrying");
+                return self.respond(ep, attempt);
+            };
+            drop(attempt);
+            _retry_slot = Some(slot);
+            retries += 1;
+            tried.push(i);
+            self.state
+                .metrics
+                .resilience(&cluster.service, ResilienceEvent::Retried);
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.spec.address, ?outcome, retries, "retrying");
+            tokio::time::sleep(retry::backoff(spec, retries)).await;
+        }
+    }
+
+    /// Sends the request once to `ep`; `Err` is a response the proxy gives at
+    /// once (no certificate, no identity, connection limit).
+    async fn attempt(
+        &self,
+        ep: &EndpointRt,
+        body: UpstreamBody,
+    ) -> Result<Attempt, Response<ProxyBody>> {
+        let state = self.state;
+        let cluster = self.cluster;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        let (addr, http2, mtls) = hop(state, cluster, ep, req.headers_mut(), self.start)?;
+        // An HTTP/1.1 request holds a connection for its whole exchange, so the
+        // connection limit applies to it; HTTP/2 multiplexes one per endpoint.
+        let _connection = if http2 {
+            None
+        } else {
+            match cluster.load.connection(&cluster.policy.limits).await {
+                Ok(slot) => Some(slot),
+                Err(overflow) => {
+                    ep.stats.record(
+                        &state.metrics,
+                        StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                        self.start.elapsed().as_secs_f64(),
+                    );
+                    return Err(overloaded(state, cluster, overflow));
+                }
+            }
+        };
+        let in_flight = ep.load.start();
+        let send = state.upstreams.send(
+            addr,
+            http2,
+            mtls.as_ref(),
+            cluster.connect_timeout,
+            self.authority,
+            req,
+        );
+        let per_try = self.retry.and_then(|r| r.per_try_timeout);
+        let result = match per_try {
+            None => send.await,
+            Some(limit) => match tokio::time::timeout(limit, send).await {
+                Ok(r) => r,
+                Err(_) => return Ok(Attempt::PerTryTimeout(limit)),
+            },
+        };
+        Ok(match result {
+            Ok(resp) => {
+                in_flight.finish();
+                Attempt::Response(resp)
+            }
+            // A failure says nothing about the endpoint's latency.
+            Err(e) => Attempt::Failed(e),
+        })
+    }
+
+    /// The downstream response for the last attempt, counted in the metrics.
+    fn respond(&self, ep: &EndpointRt, attempt: Attempt) -> Response<ProxyBody> {
+        let cluster = self.cluster;
+        let resp = match attempt {
+            Attempt::Response(resp) => resp.map(Either::Left),
+            Attempt::PerTryTimeout(limit) => {
+                let mut resp = local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "mesh-proxy: per-try timeout of {} ms exceeded for service {} at {}\n",
+                        limit.as_millis(),
+                        cluster.name,
+                        ep.spec.address
+                    ),
+                );
+                resp.headers_mut()
+                    .insert(TIMEOUT_HEADER, HeaderValue::from_static("per-try"));
+                resp
+            }
+            Attempt::Failed(UpstreamError::IdentityMismatch {
+                addr,
+                expected,
+                actual,
+            }) => {
+                tracing::warn!(
+                    cluster = %cluster.name,
+                    %addr,
+                    %expected,
+                    %actual,
+                    "peer identity mismatch; request not sent"
+                );
+                local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "mesh-proxy: identity mismatch for service {} at {addr}: expected {expected}, peer is {actual}\n",
+                        cluster.name
+                    ),
+                )
+            }
+            Attempt::Failed(e) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %ep.spec.address, "upstream error: {e}");
+                let status = e.status();
+                let what = if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "upstream connect error"
+                } else {
+                    "upstream error"
+                };
+                local_response(
+                    status,
+                    format!("mesh-proxy: {what} for service {}: {e}\n", cluster.name),
+                )
+            }
+        };
+        ep.stats.record(
+            &self.state.metrics,
+            resp.status().as_u16(),
+            self.start.elapsed().as_secs_f64(),
+        );
+        resp
+    }
+}
+
+/// Where and how to send a request to `ep`: the endpoint's sidecar (mesh hop
+/// headers added, mutual TLS with its identity when this proxy has one) or the
+/// app itself; `Err` is the answer when the hop cannot be made safely.
+fn hop(
+    state: &ProxyState,
+    cluster: &ClusterRt,
+    ep: &EndpointRt,
+    headers: &mut http::HeaderMap,
+    start: Instant,
+) -> Result<(std::net::SocketAddr, bool, Option<Mtls>), Response<ProxyBody>> {
     let mut mtls = None;
     let (addr, http2) = match ep.spec.sidecar_port {
         Some(_) => {
@@ -161,24 +497,22 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
                     reject(msg, StatusCode::SERVICE_UNAVAILABLE)
                 };
                 let Some(configs) = state.tls.configs() else {
-                    return refuse(
+                    return Err(refuse(
                         "mesh-proxy: no workload certificate yet; cannot call other sidecars"
                             .into(),
-                    );
+                    ));
                 };
                 let Some(expected) = ep.spec.identity.as_deref() else {
-                    return refuse(format!(
+                    return Err(refuse(format!(
                         "mesh-proxy: endpoint {} of service {} has no identity; refusing to call it without one",
                         ep.spec.address, cluster.name
-                    ));
+                    )));
                 };
                 mtls = Some(Mtls {
                     config: configs.client.clone(),
                     expected: expected.into(),
                 });
             }
-            let headers = req.headers_mut();
-            strip_mesh(headers);
             headers.insert(TARGET_PORT, HeaderValue::from(ep.spec.address.port()));
             if let Ok(v) = HeaderValue::from_str(&state.me.workload) {
                 headers.insert(SOURCE_WORKLOAD, v);
@@ -191,76 +525,42 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             }
             (ep.connect_addr, true)
         }
-        None => {
-            strip_mesh(req.headers_mut());
-            (ep.spec.address, cluster.http2)
-        }
+        None => (ep.spec.address, cluster.http2),
     };
-    if crate::upgrade::requested(&req) {
-        let resp = crate::upgrade::forward(
-            &state,
-            addr,
-            mtls.as_ref(),
-            cluster.connect_timeout,
-            &authority,
-            req,
-        )
-        .await
-        .unwrap_or_else(|e| crate::upgrade::failed(&cluster.name, &e));
-        ep.stats.record(
-            &state.metrics,
-            resp.status().as_u16(),
-            start.elapsed().as_secs_f64(),
+    Ok((addr, http2, mtls))
+}
+
+/// An Upgrade (WebSocket) request: one endpoint, no retries (the connection
+/// becomes a tunnel), spliced after the 101.
+async fn upgrade(
+    state: &ProxyState,
+    cluster: &ClusterRt,
+    authority: &str,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let Some(i) = cluster.pick(None, &[]) else {
+        return reject(
+            format!("mesh-proxy: service {} has no endpoints", cluster.name),
+            StatusCode::SERVICE_UNAVAILABLE,
         );
-        return resp;
-    }
-    let result = state
-        .upstreams
-        .send(
-            addr,
-            http2,
-            mtls.as_ref(),
-            cluster.connect_timeout,
-            &authority,
-            req,
-        )
-        .await;
-    let resp = match result {
-        Ok(resp) => resp.map(http_body_util::Either::Left),
-        Err(UpstreamError::IdentityMismatch {
-            addr,
-            expected,
-            actual,
-        }) => {
-            tracing::warn!(
-                cluster = %cluster.name,
-                %addr,
-                %expected,
-                %actual,
-                "peer identity mismatch; request not sent"
-            );
-            local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "mesh-proxy: identity mismatch for service {} at {addr}: expected {expected}, peer is {actual}\n",
-                    cluster.name
-                ),
-            )
-        }
-        Err(e) => {
-            tracing::debug!(cluster = %cluster.name, %addr, "upstream error: {e}");
-            let status = e.status();
-            let what = if status == StatusCode::SERVICE_UNAVAILABLE {
-                "upstream connect error"
-            } else {
-                "upstream error"
-            };
-            local_response(
-                status,
-                format!("mesh-proxy: {what} for service {}: {e}\n", cluster.name),
-            )
-        }
     };
+    let ep = &cluster.endpoints[i];
+    strip_mesh(req.headers_mut());
+    let (addr, _, mtls) = match hop(state, cluster, ep, req.headers_mut(), start) {
+        Ok(h) => h,
+        Err(resp) => return resp,
+    };
+    let resp = crate::upgrade::forward(
+        state,
+        addr,
+        mtls.as_ref(),
+        cluster.connect_timeout,
+        authority,
+        req,
+    )
+    .await
+    .unwrap_or_else(|e| crate::upgrade::failed(&cluster.name, &e));
     ep.stats.record(
         &state.metrics,
         resp.status().as_u16(),

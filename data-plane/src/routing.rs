@@ -13,12 +13,17 @@ use std::time::Duration;
 use mesh_xds::names;
 
 use crate::authz::Authz;
-use crate::balancer::RoundRobin;
+use crate::balancer::Balancer;
+use crate::circuit_breaker::ClusterLoad;
+use crate::clock::now_ns;
 use crate::decode::{
     ClusterSpec, Direction, Discovery, EndpointSpec, ListenerSpec, LoadAssignment, PathMatch,
     RouteSource, RouteSpec,
 };
+use crate::decode_policy::{ClusterPolicy, RoutePolicySpec};
+use crate::endpoint_load::EndpointLoad;
 use crate::metrics::{Reporter, RequestLabels, StatsCache, UNKNOWN};
+use crate::outlier::{EjectedCount, EndpointHealth, Verdict};
 use crate::store::Store;
 use crate::tcp_listener::TcpTables;
 
@@ -35,7 +40,7 @@ pub struct LocalIdentity {
     pub mtls: bool,
 }
 
-/// One endpoint with its cached outbound metric handles.
+/// One endpoint with its cached outbound metric handles and live state.
 #[derive(Debug)]
 pub struct EndpointRt {
     /// The decoded endpoint.
@@ -44,6 +49,10 @@ pub struct EndpointRt {
     pub connect_addr: SocketAddr,
     /// Outbound request metrics for this endpoint.
     pub stats: StatsCache,
+    /// Requests in flight and latency, for least request. Kept across updates.
+    pub load: Arc<EndpointLoad>,
+    /// Failure streak and ejection. Kept across updates.
+    pub health: Arc<EndpointHealth>,
 }
 
 /// A cluster with its endpoints and balancer.
@@ -61,7 +70,13 @@ pub struct ClusterRt {
     pub original_dst: bool,
     /// Endpoints (empty when none, or EDS not received yet).
     pub endpoints: Vec<Arc<EndpointRt>>,
-    balancer: RoundRobin,
+    /// Balancer, limits, budget, outlier detection.
+    pub policy: ClusterPolicy,
+    balancer: Balancer,
+    /// Live circuit-breaker and budget counters. Kept across updates.
+    pub load: Arc<ClusterLoad>,
+    /// Endpoints ejected now. Kept across updates.
+    pub ejected: Arc<EjectedCount>,
     /// Outbound metrics for requests that found no endpoint.
     pub no_endpoint_stats: StatsCache,
     spec: Arc<ClusterSpec>,
@@ -69,19 +84,66 @@ pub struct ClusterRt {
 }
 
 impl ClusterRt {
-    /// The next endpoint by round robin.
-    pub fn pick(&self) -> Option<&Arc<EndpointRt>> {
-        self.balancer.pick(&self.endpoints)
+    /// An endpoint for a request with `hash` (ring hash), avoiding ejected
+    /// endpoints and, when others remain, those in `tried` (indexes).
+    pub fn pick(&self, hash: Option<u64>, tried: &[usize]) -> Option<usize> {
+        let now = now_ns();
+        let ejected = |i: usize| self.endpoints[i].health.is_ejected(now, &self.ejected);
+        let cost = |i: usize| self.endpoints[i].load.cost(now);
+        let n = self.endpoints.len();
+        self.balancer
+            .pick(n, hash, |i| !tried.contains(&i) && !ejected(i), cost)
+            .or_else(|| self.balancer.pick(n, hash, |i| !ejected(i), cost))
+            // Ejection never takes every endpoint; if racing updates did, serve.
+            .or_else(|| self.balancer.pick(n, hash, |_| true, cost))
+    }
+
+    /// An endpoint for a connection or request that has no hash key and is not
+    /// a retry (inbound delivery, TCP proxying).
+    pub fn pick_endpoint(&self) -> Option<&Arc<EndpointRt>> {
+        self.pick(None, &[]).map(|i| &self.endpoints[i])
+    }
+
+    /// Records how a request to endpoint `i` ended, for outlier detection;
+    /// true when it ejected the endpoint.
+    pub fn record_outcome(&self, i: usize, failure: bool) -> bool {
+        let Some(ep) = self.endpoints.get(i) else {
+            return false;
+        };
+        let Some(spec) = &self.policy.outlier else {
+            return false;
+        };
+        if !failure {
+            ep.health.success();
+            return false;
+        }
+        match ep
+            .health
+            .failure(now_ns(), spec, &self.ejected, self.endpoints.len())
+        {
+            Verdict::Kept => false,
+            Verdict::Ejected(ns) => {
+                tracing::warn!(
+                    cluster = %self.name,
+                    endpoint = %ep.spec.address,
+                    ejection_ms = ns / 1_000_000,
+                    "outlier detection ejected an endpoint after consecutive failures"
+                );
+                true
+            }
+        }
     }
 }
 
-/// Where a route sends traffic.
+/// Where a route sends traffic, and how.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The cluster name the route names.
     pub cluster_name: Arc<str>,
     /// Its runtime, if the cluster is known.
     pub cluster: Option<Arc<ClusterRt>>,
+    /// Timeout, retries and hash policy of the route.
+    pub policy: Arc<RoutePolicySpec>,
 }
 
 #[derive(Debug)]
@@ -121,6 +183,7 @@ impl RouteTable {
                             Target {
                                 cluster_name: r.cluster.as_str().into(),
                                 cluster: clusters.get(&r.cluster).cloned(),
+                                policy: r.policy.clone(),
                             },
                         )
                     })
@@ -249,7 +312,12 @@ impl ProxyConfig {
             });
             let rt = match reused {
                 Some(old) => old.clone(),
-                None => Arc::new(cluster_rt(spec.clone(), assignment, me)),
+                None => Arc::new(cluster_rt(
+                    spec.clone(),
+                    assignment,
+                    me,
+                    prev.clusters.get(&spec.name).map(|c| &**c),
+                )),
             };
             clusters.insert(spec.name.clone(), rt);
         }
@@ -287,6 +355,7 @@ impl ProxyConfig {
                     target: Target {
                         cluster: clusters.get(&name).cloned(),
                         cluster_name: name.into(),
+                        policy: Default::default(),
                     },
                     tls: None,
                     plaintext: None,
@@ -320,11 +389,16 @@ impl ProxyConfig {
     }
 }
 
+/// A cluster's runtime; live state (loads, ejections, breaker counters) comes
+/// over from `prev`, the cluster's previous runtime, for endpoints still there.
 fn cluster_rt(
     spec: Arc<ClusterSpec>,
     assignment: Option<Arc<LoadAssignment>>,
     me: &LocalIdentity,
+    prev: Option<&ClusterRt>,
 ) -> ClusterRt {
+    let previous =
+        |addr: SocketAddr| prev.and_then(|p| p.endpoints.iter().find(|e| e.spec.address == addr));
     let service: Arc<str> = service_of(&spec.name).into();
     let base = RequestLabels {
         source_workload: me.workload.clone(),
@@ -364,18 +438,36 @@ fn cluster_rt(
                     },
                     ..base.clone()
                 }),
+                load: previous(ep.address).map_or_else(Default::default, |e| e.load.clone()),
+                health: previous(ep.address).map_or_else(Default::default, |e| e.health.clone()),
                 spec: ep.clone(),
             })
         })
+        .collect::<Vec<_>>();
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.spec.weight).collect();
+    let keys: Vec<String> = endpoints
+        .iter()
+        .map(|e| e.spec.address.to_string())
         .collect();
+    // Ejections of endpoints that left are forgotten with them.
+    let ejected = Arc::new(EjectedCount::default());
+    let now = now_ns();
+    for e in &endpoints {
+        if e.health.is_ejected(now, &EjectedCount::default()) {
+            ejected.force_add();
+        }
+    }
     ClusterRt {
         name: spec.name.as_str().into(),
         service,
         http2: spec.http2,
         connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
         original_dst: spec.discovery == Discovery::OriginalDst,
+        balancer: Balancer::new(spec.policy.lb, &weights, &keys),
         endpoints,
-        balancer: RoundRobin::new(),
+        policy: spec.policy.clone(),
+        load: prev.map_or_else(Default::default, |p| p.load.clone()),
+        ejected,
         no_endpoint_stats: StatsCache::new(base),
         spec,
         assignment,
@@ -528,11 +620,11 @@ pub(crate) mod tests {
             cat.endpoints[1].connect_addr,
             "10.0.0.2:8080".parse().unwrap()
         );
-        let a = cat.pick().unwrap().spec.address;
-        let b = cat.pick().unwrap().spec.address;
-        assert_ne!(a, b);
+        let a = cat.pick(None, &[]).unwrap();
+        let b = cat.pick(None, &[a]).unwrap();
+        assert_ne!(a, b, "a retry avoids the endpoint tried");
         let web = out.find("web", "/").unwrap().cluster.clone().unwrap();
-        assert!(web.pick().is_none());
+        assert!(web.pick(None, &[]).is_none());
         let inbound = cfg.inbound.as_ref().unwrap();
         assert!(inbound.accepts_plaintext && inbound.accepts_tls);
         let p = inbound.ports.get(&9090).unwrap();
@@ -567,6 +659,7 @@ pub(crate) mod tests {
                     rules: vec![crate::decode::RouteRule {
                         path: PathMatch::Exact("/only".into()),
                         cluster: "a".into(),
+                        policy: Default::default(),
                     }],
                 },
                 crate::decode::VirtualHostSpec {
@@ -575,6 +668,7 @@ pub(crate) mod tests {
                     rules: vec![crate::decode::RouteRule {
                         path: PathMatch::Prefix(String::new()),
                         cluster: "b".into(),
+                        policy: Default::default(),
                     }],
                 },
             ],

@@ -204,7 +204,7 @@ pub async fn outbound(
             return;
         }
         (Some(cluster), false) => {
-            let Some(ep) = cluster.pick().cloned() else {
+            let Some(ep) = cluster.pick_endpoint().cloned() else {
                 tracing::debug!(%peer, cluster = %cluster.name, "TCP cluster has no endpoints; closing");
                 return;
             };
@@ -310,12 +310,10 @@ pub async fn inbound(state: Arc<ProxyState>, mut io: Io, conn: ConnInfo, how: In
     if !authorized(&state, &authz, &conn) {
         return;
     }
-    let Some(app) = entry
-        .target
-        .cluster
-        .as_ref()
-        .and_then(|c| c.pick().map(|ep| (ep.spec.address, c.connect_timeout)))
-    else {
+    let Some(app) = entry.target.cluster.as_ref().and_then(|c| {
+        c.pick_endpoint()
+            .map(|ep| (ep.spec.address, c.connect_timeout))
+    }) else {
         tracing::debug!(port, cluster = %entry.target.cluster_name, "inbound TCP: app cluster not known yet");
         return;
     };

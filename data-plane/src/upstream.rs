@@ -35,6 +35,10 @@ use crate::headers::strip_hop_by_hop;
 /// streamed through, or one the proxy wrote itself.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// The body of every request the proxy sends upstream: the caller's streamed
+/// through, or one held in memory (so that it can be sent again on a retry).
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
 /// A response the proxy writes itself (errors, admin pages).
 pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Right(Full::new(body.into())));
@@ -73,6 +77,14 @@ pub enum UpstreamError {
     /// Mutual TLS is required but not possible (no certificate yet, no identity).
     #[error("{0}")]
     NoTls(String),
+    /// The peer refused the HTTP/2 stream before processing it.
+    #[error("request to {addr} refused: {reason}")]
+    Refused {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// The connection was made but the exchange failed.
     #[error("request to {addr} failed: {reason}")]
     Exchange {
@@ -92,7 +104,9 @@ impl UpstreamError {
             | UpstreamError::IdentityMismatch { .. }
             | UpstreamError::NoTls(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Invalid(_) => StatusCode::BAD_REQUEST,
-            UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamError::Exchange { .. } | UpstreamError::Refused { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 }
@@ -188,13 +202,16 @@ pub struct H2Pool {
 
 #[derive(Debug, Default, Clone)]
 struct Slot {
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<UpstreamBody>>,
     /// Serialises connection setup so concurrent first requests share one connection.
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl H2Pool {
-    fn cached(&self, key: &PoolKey) -> Result<SendRequest<Incoming>, Arc<tokio::sync::Mutex<()>>> {
+    fn cached(
+        &self,
+        key: &PoolKey,
+    ) -> Result<SendRequest<UpstreamBody>, Arc<tokio::sync::Mutex<()>>> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let slot = conns.entry(key.clone()).or_default();
         match &slot.sender {
@@ -210,7 +227,7 @@ impl H2Pool {
         addr: SocketAddr,
         mtls: Option<&Mtls>,
         timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         let key: PoolKey = (addr, mtls.map(|m| m.expected.clone()));
         let lock = match self.cached(&key) {
             Ok(s) => return Ok(s),
@@ -273,7 +290,7 @@ impl H2Pool {
 /// The proxy's upstream clients.
 #[derive(Debug)]
 pub struct Upstreams {
-    h1: Client<HttpConnector, Incoming>,
+    h1: Client<HttpConnector, UpstreamBody>,
     h2: H2Pool,
 }
 
@@ -317,7 +334,7 @@ impl Upstreams {
         mtls: Option<&Mtls>,
         connect_timeout: Duration,
         authority: &str,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let http2 = http2 || mtls.is_some();
         let (mut parts, body) = req.into_parts();
@@ -346,10 +363,13 @@ impl Upstreams {
                     if sender.is_closed() {
                         self.h2.evict(&(addr, mtls.map(|m| m.expected.clone())));
                     }
-                    return Err(UpstreamError::Exchange {
-                        addr,
-                        reason: e.to_string(),
-                    });
+                    let reason = causes(&e);
+                    // h2's REFUSED_STREAM reads "refused stream before processing
+                    // any application logic": nothing ran, any method may retry.
+                    if reason.contains("refused stream") {
+                        return Err(UpstreamError::Refused { addr, reason });
+                    }
+                    return Err(UpstreamError::Exchange { addr, reason });
                 }
             }
         } else {
