@@ -10,6 +10,16 @@ use mesh_tests::http::{Upstream, get_via_proxy};
 use mesh_tests::process::{Controller, Sidecar};
 use mesh_tests::{eventually, mesh_yaml, unique_ip};
 
+/// The mesh file with a ROUND_ROBIN TrafficPolicy for catalog: these tests count
+/// which endpoints answer a few sequential requests, which least request (the
+/// default) would send to whichever endpoint is fastest.
+fn round_robin(mut yaml: String) -> String {
+    yaml.push_str(
+        "---\napiVersion: mesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: catalog, namespace: default}\nspec: {targetRef: {kind: Service, name: catalog}, loadBalancer: {simple: ROUND_ROBIN}}\n",
+    );
+    yaml
+}
+
 /// One meshed test workload: an upstream server and its sidecar.
 struct Instance {
     name: String,
@@ -62,7 +72,7 @@ impl World {
                 w.push((i.name.as_str(), "catalog", i.ip, 8080));
             }
         }
-        mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w)
+        round_robin(mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w))
     }
 
     fn write(&self, text: &str) {
@@ -105,7 +115,7 @@ impl World {
                     .iter()
                     .map(|i| (i.name.as_str(), "catalog", i.ip, 8080)),
             );
-            mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w)
+            round_robin(mesh_yaml(&[("frontend", 8080), ("catalog", 8080)], &w))
         };
         std::fs::write(&file, world_yaml(&catalog)).unwrap();
         let controller = Controller::start_on(&file, &dir, xds, admin, secure, &[]).await;

@@ -199,8 +199,11 @@ async fn a_valid_certificate_for_the_wrong_identity_is_refused_by_the_caller() {
     // `rogue` (its own identity, sa rogue) answers at the address EDS gives for
     // catalog-2 (sa catalog): a real certificate, the wrong identity.
     let rogue_ip = unique_ip();
+    // Round robin without retries, so the impostor is tried and its refusal is
+    // what the caller sees (by default the refused attempt would be retried on
+    // catalog-1, as Envoy retries a failed handshake as a connect failure).
     let extra = format!(
-        "{}{}",
+        "{}{}---\napiVersion: mesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: catalog}}\nspec: {{targetRef: {{name: catalog}}, loadBalancer: {{simple: ROUND_ROBIN}}, retries: {{attempts: 0}}}}\n",
         workload("catalog-2", "catalog", "catalog", rogue_ip),
         workload("rogue", "rogue", "rogue", unique_ip()),
     );
