@@ -161,7 +161,7 @@ fn cla(endpoints: &[(SocketAddr, u32)]) -> ClusterLoadAssignment {
             })),
             metadata: Some(metadata::mesh_metadata(vec![(
                 resources::META_WORKLOAD,
-                metadata::string(&addr.to_string()),
+                metadata::string(addr.to_string()),
             )])),
             load_balancing_weight: Some(UInt32Value { value: *weight }),
             ..Default::default()
