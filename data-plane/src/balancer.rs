@@ -89,7 +89,10 @@ impl Balancer {
     pub fn new(kind: LbKind, weights: &[u32], keys: &[String]) -> Balancer {
         match kind {
             LbKind::LeastRequest => Balancer::LeastRequest(Weights::new(weights)),
-            LbKind::RoundRobin => Balancer::RoundRobin(WeightedRoundRobin::new(weights)),
+            // An original-destination cluster has no endpoint list to pick from.
+            LbKind::RoundRobin | LbKind::ClusterProvided => {
+                Balancer::RoundRobin(WeightedRoundRobin::new(weights))
+            }
             LbKind::RingHash { min_ring_size } => Balancer::RingHash(
                 Ring::new(keys, weights, min_ring_size),
                 Weights::new(weights),

@@ -42,6 +42,9 @@ pub enum LbKind {
     LeastRequest,
     /// Weighted round robin.
     RoundRobin,
+    /// The cluster decides the endpoint itself (ORIGINAL_DST: the connection's
+    /// original destination); no balancer picks.
+    ClusterProvided,
     /// Consistent hashing on the route's hash policy.
     RingHash {
         /// Fewest points on the ring.
@@ -184,6 +187,7 @@ pub fn cluster_policy(c: &Cluster) -> Result<ClusterPolicy, String> {
         _ => match LbPolicy::try_from(c.lb_policy) {
             Ok(LbPolicy::LeastRequest) => LbKind::LeastRequest,
             Ok(LbPolicy::RoundRobin) => LbKind::RoundRobin,
+            Ok(LbPolicy::ClusterProvided) => LbKind::ClusterProvided,
             Ok(LbPolicy::RingHash) => ring_size(match &c.lb_config {
                 Some(LbConfig::RingHashLbConfig(r)) => r.minimum_ring_size.map(|v| v.value),
                 _ => None,
@@ -515,6 +519,14 @@ mod tests {
         assert!(p.outlier.is_none());
         let r = route_policy(&RouteAction::default()).unwrap();
         assert_eq!(r.timeout, Some(Duration::from_secs(15)), "Envoy's default");
+        let passthrough = Cluster {
+            lb_policy: LbPolicy::ClusterProvided as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            cluster_policy(&passthrough).unwrap().lb,
+            LbKind::ClusterProvided
+        );
     }
 
     #[test]
