@@ -366,7 +366,8 @@ impl Call<'_> {
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
         *req.headers_mut() = self.parts.headers.clone();
-        let (addr, http2, mtls) = hop(state, cluster, ep, req.headers_mut(), self.start)?;
+        let (addr, http2, mtls) =
+            hop(state, cluster, ep, req.headers_mut(), self.start).map_err(|r| *r)?;
         // An HTTP/1.1 request holds a connection for its whole exchange, so the
         // connection limit applies to it; HTTP/2 multiplexes one per endpoint.
         let _connection = if http2 {
@@ -482,7 +483,7 @@ fn hop(
     ep: &EndpointRt,
     headers: &mut http::HeaderMap,
     start: Instant,
-) -> Result<(std::net::SocketAddr, bool, Option<Mtls>), Response<ProxyBody>> {
+) -> Result<(std::net::SocketAddr, bool, Option<Mtls>), Box<Response<ProxyBody>>> {
     let mut mtls = None;
     let (addr, http2) = match ep.spec.sidecar_port {
         Some(_) => {
@@ -494,7 +495,7 @@ fn hop(
                         StatusCode::SERVICE_UNAVAILABLE.as_u16(),
                         start.elapsed().as_secs_f64(),
                     );
-                    reject(msg, StatusCode::SERVICE_UNAVAILABLE)
+                    Box::new(reject(msg, StatusCode::SERVICE_UNAVAILABLE))
                 };
                 let Some(configs) = state.tls.configs() else {
                     return Err(refuse(
@@ -549,7 +550,7 @@ async fn upgrade(
     strip_mesh(req.headers_mut());
     let (addr, _, mtls) = match hop(state, cluster, ep, req.headers_mut(), start) {
         Ok(h) => h,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let resp = crate::upgrade::forward(
         state,
