@@ -1,5 +1,5 @@
 //! The Kubernetes source: kube-runtime watchers on Namespaces, Services,
-//! EndpointSlices, Pods and the mesh's custom resources.
+//! EndpointSlices, Pods, the mesh's custom resources and Gateway API HTTPRoutes.
 //!
 //! Each kind has a watcher feeding a reflector store; the watcher lists, then
 //! watches from the list's resourceVersion, and on `410 Gone` (the API server
@@ -53,25 +53,24 @@ fn authorization_policy_resource() -> ApiResource {
     )
 }
 
+/// Gateway API's HTTPRoute (the mesh profile: parents are Services).
+fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
 /// Kinds watched but not yet in the model: their objects are reported once and
 /// otherwise ignored, so installing them early does no harm.
-fn unsupported_resources() -> [(&'static str, ApiResource); 2] {
-    [
-        (
-            "TrafficPolicy",
-            ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("mesh.io", "v1alpha1", "TrafficPolicy"),
-                "trafficpolicies",
-            ),
+fn unsupported_resources() -> [(&'static str, ApiResource); 1] {
+    [(
+        "TrafficPolicy",
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("mesh.io", "v1alpha1", "TrafficPolicy"),
+            "trafficpolicies",
         ),
-        (
-            "HTTPRoute",
-            ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-                "httproutes",
-            ),
-        ),
-    ]
+    )]
 }
 
 /// A client for `kubeconfig`, or, without one, the usual inference: `$KUBECONFIG`
@@ -129,6 +128,12 @@ pub async fn start(
         ar,
         "AuthorizationPolicy",
     );
+    let ar = http_route_resource();
+    let (routes, route_sync) = ctx.watch_dynamic(
+        Api::<DynamicObject>::all_with(client.clone(), &ar),
+        ar,
+        "HTTPRoute",
+    );
     // Not waited for: they do not reach the model yet.
     let unsupported: Vec<(&'static str, Store<DynamicObject>)> = unsupported_resources()
         .into_iter()
@@ -139,13 +144,16 @@ pub async fn start(
         .collect();
 
     // Policies gate the first model too: starting without a DENY policy that
-    // exists would briefly open what it closes. A missing CRD counts as none.
+    // exists would briefly open what it closes; routes likewise, or a canary
+    // split would start as "everything to the service". A missing CRD (Gateway
+    // API not installed) counts as none.
     let mut gates = vec![
         ("Namespace", ns_sync),
         ("Service", svc_sync),
         ("EndpointSlice", slice_sync),
         ("Pod", pod_sync),
         ("AuthorizationPolicy", policy_sync),
+        ("HTTPRoute", route_sync),
     ];
     let started = Instant::now();
     for (kind, sync) in &mut gates {
@@ -181,6 +189,7 @@ pub async fn start(
         slices,
         pods,
         policies,
+        routes,
         unsupported,
     };
     let mut reporter = Reporter::default();
@@ -211,6 +220,7 @@ struct Stores {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     policies: Store<DynamicObject>,
+    routes: Store<DynamicObject>,
     unsupported: Vec<(&'static str, Store<DynamicObject>)>,
 }
 
@@ -222,6 +232,7 @@ impl Stores {
             endpoint_slices: self.slices.state(),
             pods: self.pods.state(),
             authorization_policies: self.policies.state(),
+            http_routes: self.routes.state(),
         }
     }
 }

@@ -7,13 +7,19 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod http_route;
 mod identity;
 mod model;
 mod objects;
 mod opaque;
 mod parse;
+mod parse_http_route;
 
 pub use error::{ModelError, ModelErrorKind};
+pub use http_route::{
+    BackendRef, HeaderModifier, HttpRoute, MatchedRule, PathMatch, RouteMatch, RouteParent,
+    RouteRetry, RouteRule, ordered_matches,
+};
 pub use identity::Identity;
 pub use model::{Endpoint, Model, ModelOptions, ServicePortView};
 pub use objects::{

@@ -43,6 +43,8 @@ pub enum Object {
     Workload(Workload),
     /// Which callers may reach which workloads.
     AuthorizationPolicy(AuthorizationPolicy),
+    /// How requests to a service are routed (Gateway API).
+    HttpRoute(crate::http_route::HttpRoute),
 }
 
 impl Object {
@@ -55,6 +57,7 @@ impl Object {
             Object::AuthorizationPolicy(p) => {
                 format!("AuthorizationPolicy/{}/{}", p.namespace, p.name)
             }
+            Object::HttpRoute(r) => format!("HTTPRoute/{}/{}", r.namespace, r.name),
         }
     }
 }

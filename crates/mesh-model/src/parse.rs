@@ -36,6 +36,8 @@ struct RawMetadata {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "creationTimestamp")]
+    creation_timestamp: Option<String>,
 }
 
 /// A Kubernetes ServiceSpec; fields the mesh does not use are tolerated so that real
@@ -234,12 +236,13 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
         ("mesh.io/v1alpha1", "AuthorizationPolicy") => {
             parse_authorization_policy(&raw, &namespace).map_err(|k| fail(k, &namespace))
         }
-        ("gateway.networking.k8s.io/v1", "HTTPRoute") | ("mesh.io/v1alpha1", "TrafficPolicy") => {
-            Err(fail(
-                ModelErrorKind::Unsupported(raw.kind.clone()),
-                &namespace,
-            ))
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            parse_http_route(&raw, &namespace).map_err(|k| fail(k, &namespace))
         }
+        ("mesh.io/v1alpha1", "TrafficPolicy") => Err(fail(
+            ModelErrorKind::Unsupported(raw.kind.clone()),
+            &namespace,
+        )),
         _ => Err(fail(
             ModelErrorKind::UnknownKind {
                 kind: raw.kind.clone(),
@@ -258,7 +261,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ModelErrorKin
 }
 
 /// Names must be RFC 1123 labels: they end up in DNS names and SPIFFE IDs.
-fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -278,7 +281,7 @@ fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> {
     }
 }
 
-fn check_port(field: &str, port: i64) -> Result<u16, ModelErrorKind> {
+pub(crate) fn check_port(field: &str, port: i64) -> Result<u16, ModelErrorKind> {
     u16::try_from(port)
         .ok()
         .filter(|p| *p != 0)
@@ -292,6 +295,23 @@ fn spec<T: serde::de::DeserializeOwned>(raw: &RawDocument) -> Result<T, ModelErr
         raw.spec.clone()
     };
     serde_yaml::from_value(spec).map_err(|e| invalid("spec", e.to_string()))
+}
+
+fn parse_http_route(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErrorKind> {
+    check_name("metadata.name", &raw.metadata.name)?;
+    check_name("metadata.namespace", namespace)?;
+    let spec = if raw.spec.is_null() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        raw.spec.clone()
+    };
+    crate::parse_http_route::http_route(
+        &raw.metadata.name,
+        namespace,
+        raw.metadata.creation_timestamp.clone(),
+        spec,
+    )
+    .map(Object::HttpRoute)
 }
 
 fn parse_service(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErrorKind> {
@@ -568,6 +588,7 @@ pub fn render_documents(objects: &[Object]) -> String {
                     "spec": spec,
                 })
             }
+            Object::HttpRoute(r) => crate::parse_http_route::render(r),
             Object::Workload(w) => {
                 let mut spec = json!({"ports": w.ports, "serviceAccount": w.service_account});
                 if let Some(addr) = w.address {

@@ -19,6 +19,8 @@
 //! - `mesh.io/v1alpha1` AuthorizationPolicy → [`mesh_model::AuthorizationPolicy`]
 //!   through the file source's parser: one meaning wherever a policy is written.
 //!   An invalid policy is skipped and reported; it never blocks the rest.
+//! - `gateway.networking.k8s.io/v1` HTTPRoute → [`mesh_model::HttpRoute`], the
+//!   same way (with `creationTimestamp`, which decides precedence ties).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -53,6 +55,8 @@ pub struct ClusterState {
     pub pods: Vec<Arc<Pod>>,
     /// `mesh.io/v1alpha1` AuthorizationPolicies.
     pub authorization_policies: Vec<Arc<DynamicObject>>,
+    /// `gateway.networking.k8s.io/v1` HTTPRoutes.
+    pub http_routes: Vec<Arc<DynamicObject>>,
 }
 
 /// The result of one mapping pass.
@@ -99,10 +103,16 @@ pub fn map_cluster(state: &ClusterState) -> Mapped {
             .filter_map(|p| workload(p))
             .map(Object::Workload),
     );
-    for policy in &state.authorization_policies {
-        match authorization_policy(policy) {
-            Ok(o) => objects.push(o),
-            Err(e) => mapped.rejected.push(e),
+    let custom = [
+        (&state.authorization_policies, AUTHORIZATION_POLICY),
+        (&state.http_routes, HTTP_ROUTE),
+    ];
+    for (list, kind) in custom {
+        for obj in list {
+            match custom_object(obj, kind) {
+                Ok(o) => objects.push(o),
+                Err(e) => mapped.rejected.push(e),
+            }
         }
     }
     objects.sort_by_cached_key(|o| (kind_rank(o), o.describe()));
@@ -117,6 +127,7 @@ fn kind_rank(o: &Object) -> u8 {
         Object::Service(_) => 1,
         Object::Workload(_) => 2,
         Object::AuthorizationPolicy(_) => 3,
+        Object::HttpRoute(_) => 4,
     }
 }
 
@@ -291,18 +302,32 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
     })
 }
 
-/// A `mesh.io/v1alpha1` AuthorizationPolicy custom resource → the model's
-/// policy, validated exactly like the file source; the error names the object.
-pub fn authorization_policy(obj: &DynamicObject) -> Result<Object, String> {
+/// `(apiVersion, kind)` of the mesh's AuthorizationPolicy custom resource.
+pub const AUTHORIZATION_POLICY: (&str, &str) = ("mesh.io/v1alpha1", "AuthorizationPolicy");
+/// `(apiVersion, kind)` of Gateway API's HTTPRoute.
+pub const HTTP_ROUTE: (&str, &str) = ("gateway.networking.k8s.io/v1", "HTTPRoute");
+
+/// A custom resource of `(apiVersion, kind)` → the model's object, validated
+/// exactly like the file source (one meaning wherever it is written); the error
+/// names the object.
+pub fn custom_object(
+    obj: &DynamicObject,
+    (api_version, kind): (&str, &str),
+) -> Result<Object, String> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
+    let mut metadata = serde_json::json!({"name": name, "namespace": namespace});
+    if let Some(created) = &obj.metadata.creation_timestamp {
+        // As the API server writes it (RFC 3339, UTC), so ages compare as text.
+        metadata["creationTimestamp"] = serde_json::to_value(created).unwrap_or_default();
+    }
     let document = serde_json::json!({
-        "apiVersion": "mesh.io/v1alpha1",
-        "kind": "AuthorizationPolicy",
-        "metadata": {"name": name, "namespace": namespace},
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": metadata,
         "spec": obj.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
     });
-    let origin = format!("AuthorizationPolicy/{namespace}/{name}");
+    let origin = format!("{kind}/{namespace}/{name}");
     mesh_model::parse_document(&document, &origin).map_err(|e| e.to_string())
 }
 
