@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod names;
 pub mod node;
 pub mod resources;
+pub mod routes;
 pub mod snapshot;
 pub mod types;
 pub mod version;
