@@ -1,7 +1,11 @@
 //! The outbound listener: app -> mesh.
 //!
 //! Requests are routed by the absolute URI's authority (explicit proxy use) or the
-//! `Host`/`:authority` header, to a cluster, to an endpoint picked round robin.
+//! `Host`/`:authority` header to a virtual host, by its rules (path, method,
+//! headers, query) to a cluster of the rule's weighted split, to an endpoint picked
+//! round robin. A host no service claims is a 503; a known host no rule matches is
+//! a 404. The rule's request header edits apply before the mesh hop headers are
+//! set, its response edits to whatever the caller gets.
 //! Endpoints with a sidecar are reached at the sidecar's inbound port with the mesh
 //! hop headers, over mutual TLS with the endpoint's SPIFFE ID checked when this
 //! proxy has an identity (over h2c in dev mode); others directly.
@@ -17,7 +21,8 @@ use crate::headers::{
     DESTINATION_SERVICE, SOURCE_NAMESPACE, SOURCE_WORKLOAD, TARGET_PORT, strip_mesh,
 };
 use crate::metrics::{Reporter, RequestLabels};
-use crate::routing::{ClusterRt, EndpointRt};
+use crate::route_match::RequestView;
+use crate::routing::{ActionRt, ClusterRt, EndpointRt, RuleRt};
 use crate::state::ProxyState;
 use crate::upstream::{Mtls, ProxyBody, UpstreamError, local_response};
 
@@ -37,45 +42,81 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// What routing decided for a request.
 enum Decision {
-    Forward(Arc<ClusterRt>, Arc<EndpointRt>),
-    Reject(StatusCode, String, Option<Arc<ClusterRt>>),
+    /// Send it to this endpoint, with the matched rule's header edits.
+    Forward(Arc<ClusterRt>, Arc<EndpointRt>, Arc<RuleRt>),
+    /// Answer it here: status, message, and the cluster or service it was for
+    /// (for metrics).
+    Reject(StatusCode, String, Refused),
+    /// The matched rule answers directly (`direct_response`) with this status and
+    /// body; the rule is kept for its response header edits.
+    Respond(StatusCode, bytes::Bytes, Arc<RuleRt>, Arc<str>),
 }
 
-fn decide(state: &ProxyState, host: &str, path: &str) -> Decision {
+/// What a refused request was for, as far as routing got.
+enum Refused {
+    Nothing,
+    Service(Arc<str>),
+    Cluster(Arc<ClusterRt>),
+}
+
+fn decide(state: &ProxyState, host: &str, req: &RequestView<'_>) -> Decision {
     let cfg = state.config.load();
     let Some(table) = cfg.outbound.as_ref() else {
         return Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "mesh-proxy: configuration not received from the controller yet".into(),
-            None,
+            Refused::Nothing,
         );
     };
-    let Some(target) = table.find(host, path) else {
+    let Some(vhost) = table.find(host) else {
         return Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "mesh-proxy: no service matches host {host:?} (namespace {})",
                 state.me.namespace
             ),
-            None,
+            Refused::Nothing,
         );
     };
+    // Host known, no rule: Envoy's 404 (and Gateway API's for a routed service).
+    let Some(rule) = vhost.route(req) else {
+        return Decision::Reject(
+            StatusCode::NOT_FOUND,
+            format!(
+                "mesh-proxy: no route for {} {} on {host:?}",
+                req.method, req.path
+            ),
+            Refused::Service(vhost.service.clone()),
+        );
+    };
+    let split = match &rule.action {
+        ActionRt::Respond(status, body) => {
+            return Decision::Respond(*status, body.clone(), rule.clone(), vhost.service.clone());
+        }
+        ActionRt::Forward(split) => split,
+    };
+    let target = split.pick();
     let Some(cluster) = target.cluster.clone() else {
         return Decision::Reject(
-            StatusCode::SERVICE_UNAVAILABLE,
+            split.cluster_not_found,
             format!(
-                "mesh-proxy: cluster {} is not known yet",
-                target.cluster_name
+                "mesh-proxy: cluster {} is not known{}",
+                target.cluster_name,
+                if split.cluster_not_found == StatusCode::SERVICE_UNAVAILABLE {
+                    " yet"
+                } else {
+                    " (the route names a backend that does not exist)"
+                }
             ),
-            None,
+            Refused::Service(vhost.service.clone()),
         );
     };
     match cluster.pick().cloned() {
-        Some(ep) => Decision::Forward(cluster, ep),
+        Some(ep) => Decision::Forward(cluster, ep, rule.clone()),
         None => Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("mesh-proxy: service {} has no endpoints", cluster.name),
-            Some(cluster),
+            Refused::Cluster(cluster),
         ),
     }
 }
@@ -88,44 +129,57 @@ fn reject(msg: String, status: StatusCode) -> Response<ProxyBody> {
 /// Handles one outbound request.
 pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    let rejected = |code: StatusCode, cluster: Option<&ClusterRt>| {
+    let rejected = |code: StatusCode, refused: &Refused| {
         let secs = start.elapsed().as_secs_f64();
-        match cluster {
-            Some(c) => c
-                .no_endpoint_stats
-                .record(&state.metrics, code.as_u16(), secs),
-            None => state.metrics.record(
-                &RequestLabels {
-                    source_workload: state.me.workload.clone(),
-                    source_namespace: state.me.namespace.clone(),
-                    response_code: code.as_u16(),
-                    ..RequestLabels::unknown(Reporter::Source)
-                },
-                secs,
-            ),
-        }
+        let service = match refused {
+            Refused::Cluster(c) => {
+                return c
+                    .no_endpoint_stats
+                    .record(&state.metrics, code.as_u16(), secs);
+            }
+            Refused::Service(s) => s.to_string(),
+            Refused::Nothing => crate::metrics::UNKNOWN.to_string(),
+        };
+        state.metrics.record(
+            &RequestLabels {
+                source_workload: state.me.workload.clone(),
+                source_namespace: state.me.namespace.clone(),
+                destination_service: service,
+                response_code: code.as_u16(),
+                ..RequestLabels::unknown(Reporter::Source)
+            },
+            secs,
+        )
     };
     if req.method() == Method::CONNECT {
-        rejected(StatusCode::NOT_IMPLEMENTED, None);
+        rejected(StatusCode::NOT_IMPLEMENTED, &Refused::Nothing);
         return reject(
             "mesh-proxy: CONNECT tunnels are not supported; send plain HTTP".into(),
             StatusCode::NOT_IMPLEMENTED,
         );
     }
     let Some(host) = request_host(&req) else {
-        rejected(StatusCode::BAD_REQUEST, None);
+        rejected(StatusCode::BAD_REQUEST, &Refused::Nothing);
         return reject(
             "mesh-proxy: request has no Host header or authority".into(),
             StatusCode::BAD_REQUEST,
         );
     };
-    let (cluster, ep) = match decide(&state, &host, req.uri().path()) {
-        Decision::Forward(c, e) => (c, e),
-        Decision::Reject(code, msg, cluster) => {
-            rejected(code, cluster.as_deref());
+    let view = RequestView::new(req.method(), req.uri(), req.headers());
+    let (cluster, ep, rule) = match decide(&state, &host, &view) {
+        Decision::Forward(c, e, r) => (c, e, r),
+        Decision::Reject(code, msg, refused) => {
+            rejected(code, &refused);
             return reject(msg, code);
         }
+        Decision::Respond(status, body, rule, service) => {
+            rejected(status, &Refused::Service(service));
+            let mut resp = local_response(status, body);
+            rule.response_headers.apply(resp.headers_mut());
+            return resp;
+        }
     };
+    rule.request_headers.apply(req.headers_mut());
 
     // Keep what the app addressed as the host, including the Host header when the
     // request came in absolute form.
@@ -261,6 +315,8 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             )
         }
     };
+    let mut resp = resp;
+    rule.response_headers.apply(resp.headers_mut());
     ep.stats.record(
         &state.metrics,
         resp.status().as_u16(),
