@@ -23,6 +23,7 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 mod decode_route;
+pub mod grpc;
 pub mod headers;
 pub mod identity;
 pub mod inbound;

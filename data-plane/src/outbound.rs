@@ -279,8 +279,21 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             req,
         )
         .await;
-    let resp = match result {
-        Ok(resp) => resp.map(http_body_util::Either::Left),
+    let elapsed = || start.elapsed().as_secs_f64();
+    let mut resp = match result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let seconds = elapsed();
+            let metrics_state = state.clone();
+            let endpoint = ep.clone();
+            let mut resp = crate::grpc::observe(resp, move |grpc| {
+                endpoint
+                    .stats
+                    .record_grpc(&metrics_state.metrics, status, grpc, seconds);
+            });
+            rule.response_headers.apply(resp.headers_mut());
+            return resp;
+        }
         Err(UpstreamError::IdentityMismatch {
             addr,
             expected,
@@ -315,13 +328,9 @@ pub async fn handle(state: Arc<ProxyState>, mut req: Request<Incoming>) -> Respo
             )
         }
     };
-    let mut resp = resp;
     rule.response_headers.apply(resp.headers_mut());
-    ep.stats.record(
-        &state.metrics,
-        resp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    ep.stats
+        .record(&state.metrics, resp.status().as_u16(), elapsed());
     resp
 }
 

@@ -32,8 +32,9 @@ use tokio_rustls::client::TlsStream as ClientTlsStream;
 use crate::headers::strip_hop_by_hop;
 
 /// The body of every response the proxy sends downstream: the upstream's body
-/// streamed through, or one the proxy wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// streamed through (watched for a gRPC status, see [`crate::grpc`]), or one the
+/// proxy wrote itself.
+pub type ProxyBody = Either<crate::grpc::Observed, Full<Bytes>>;
 
 /// A response the proxy writes itself (errors, admin pages).
 pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
