@@ -3,7 +3,7 @@
 # markdown summary on stdout (progress and build output on stderr).
 #
 #   tests/bench/run.sh                 # all benchmarks, default sizes
-#   tests/bench/run.sh startup         # only some: startup convergence overhead xds-scale mtls restart
+#   tests/bench/run.sh startup         # only some: startup convergence overhead xds-scale mtls restart routing
 #   SCALE_PROXIES="1000 5000" tests/bench/run.sh xds-scale
 #
 # Everything runs on loopback and stops by itself; each benchmark has a hard time
@@ -35,6 +35,10 @@ for b in "${which[@]}"; do
         "$bench" xds-scale --proxies "$n" --rounds 5 --max-seconds 600 || echo "xds-scale --proxies $n failed (exit $?)"
       done
       continue ;;
+    routing)
+      echo "\`\$ cargo bench -p mesh-proxy --bench routing\`"; echo
+      (cd "$root" && cargo bench -q -p mesh-proxy --bench routing 2>/dev/null) || echo "routing failed (exit $?)"
+      echo; continue ;;
     *) echo "unknown benchmark $b" >&2; exit 2 ;;
   esac
   echo "\`\$ mesh-bench ${cmd[*]:1}\`"; echo
