@@ -79,7 +79,7 @@ fn config(hosts: usize, rules: usize) -> ProxyConfig {
             ResourceType::Route,
             "1",
             "n",
-            &[routes.body.clone()],
+            std::slice::from_ref(&routes.body),
             Some(&store.route_names()),
         )
         .expect("routes accepted");
