@@ -17,9 +17,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::core::v3::{data_source, transport_socket};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
-};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier, http_filter,
 };
@@ -42,7 +40,7 @@ use prost::Name;
 use serde::Serialize;
 
 use crate::authz::{Authz, RBAC_FILTER, decode_rbac};
-use crate::decode_policy::{ClusterPolicy, RoutePolicySpec, cluster_policy, route_policy};
+use crate::decode_policy::{ClusterPolicy, RoutePolicySpec, cluster_policy};
 use crate::tcp_listener::{
     ChainMatch, ListenerFilters, TcpChainSpec, chain_match, is_tcp_chain, listener_filters,
     tcp_chain,
@@ -144,16 +142,115 @@ pub struct VirtualHostSpec {
     pub rules: Vec<RouteRule>,
 }
 
-/// One route: a path match, the cluster it sends to and how (timeout, retries,
-/// hashing).
+/// One route: what a request must look like, what to do with it, and the header
+/// edits of the rule it comes from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteRule {
+    /// The route's name (`namespace/name` of its HTTPRoute), for logs and dumps.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The request conditions; all must hold.
+    pub matcher: RequestMatch,
+    /// What a matching request gets.
+    pub action: RuleAction,
+    /// Edits to the request before it is sent upstream.
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub request_headers: HeaderEdits,
+    /// Edits to the response before the caller gets it.
+    #[serde(skip_serializing_if = "HeaderEdits::is_empty")]
+    pub response_headers: HeaderEdits,
+}
+
+/// A route's conditions on the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestMatch {
     /// Path condition.
     pub path: PathMatch,
-    /// Target cluster name.
-    pub cluster: String,
-    /// Timeout, retries and hash policy.
+    /// Exact header values (`:method` is the method), names lower case.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// Exact query parameter values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<(String, String)>,
+}
+
+impl RequestMatch {
+    /// Everything: `prefix ""`.
+    pub fn any() -> RequestMatch {
+        RequestMatch {
+            path: PathMatch::Prefix(String::new()),
+            headers: Vec::new(),
+            query: Vec::new(),
+        }
+    }
+}
+
+/// What a route does with a matching request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Send it to one of these clusters.
+    Forward(ForwardSpec),
+    /// Answer it directly (Envoy's `direct_response`).
+    Respond {
+        /// HTTP status.
+        status: u16,
+        /// Body text.
+        body: String,
+    },
+}
+
+impl RuleAction {
+    /// A forward to one cluster.
+    pub fn to_cluster(cluster: &str) -> RuleAction {
+        RuleAction::Forward(ForwardSpec {
+            clusters: vec![(cluster.to_string(), 1)],
+            cluster_not_found: 503,
+            policy: Default::default(),
+        })
+    }
+
+    /// The first cluster it forwards to, if it forwards.
+    pub fn first_cluster(&self) -> Option<&str> {
+        match self {
+            RuleAction::Forward(f) => f.clusters.first().map(|(c, _)| c.as_str()),
+            RuleAction::Respond { .. } => None,
+        }
+    }
+}
+
+/// A forwarding route action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForwardSpec {
+    /// Clusters and their weights (all weights > 0; one entry for a plain cluster).
+    pub clusters: Vec<(String, u32)>,
+    /// Status when the chosen cluster is unknown (`cluster_not_found_response_code`).
+    pub cluster_not_found: u16,
+    /// Timeout, retries and hash policy of the route (TrafficPolicy defaults
+    /// and HTTPRoute rule values, as the controller merged them).
     pub policy: Arc<RoutePolicySpec>,
+}
+
+/// Header edits of a route: `set` overwrites, `append` adds a value, `remove`
+/// drops; names lower case, values valid header values (checked when decoded).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderEdits {
+    /// Overwrite or add.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    /// Append (or add).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub append: Vec<(String, String)>,
+    /// Remove.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.append.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// The path conditions the proxy supports.
@@ -509,43 +606,9 @@ fn route_config(r: &RouteConfiguration) -> Result<RouteSpec, String> {
     for vh in &r.virtual_hosts {
         let mut rules = Vec::with_capacity(vh.routes.len());
         for (i, route) in vh.routes.iter().enumerate() {
-            let at = || format!("virtual host {:?} route {i}", vh.name);
-            let m = route
-                .r#match
-                .as_ref()
-                .ok_or_else(|| format!("{}: no match", at()))?;
-            if !m.headers.is_empty() || !m.query_parameters.is_empty() {
-                return Err(format!(
-                    "{}: header and query matches are not supported",
-                    at()
-                ));
-            }
-            let path = match &m.path_specifier {
-                Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
-                Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
-                None => PathMatch::Prefix(String::new()),
-                Some(_) => return Err(format!("{}: unsupported path match", at())),
-            };
-            let (cluster, policy) = match &route.action {
-                Some(Action::Route(a)) => match &a.cluster_specifier {
-                    Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => (
-                        c.clone(),
-                        route_policy(a).map_err(|e| format!("{}: {e}", at()))?,
-                    ),
-                    _ => {
-                        return Err(format!(
-                            "{}: only a single named cluster is supported",
-                            at()
-                        ));
-                    }
-                },
-                _ => return Err(format!("{}: unsupported route action", at())),
-            };
-            rules.push(RouteRule {
-                path,
-                cluster,
-                policy: Arc::new(policy),
-            });
+            let rule = crate::decode_route::route(route)
+                .map_err(|e| format!("virtual host {:?} route {i}: {e}", vh.name))?;
+            rules.push(rule);
         }
         virtual_hosts.push(VirtualHostSpec {
             name: vh.name.clone(),
@@ -738,7 +801,10 @@ mod tests {
             panic!("inline expected")
         };
         assert_eq!(r.virtual_hosts[0].domains, ["*"]);
-        assert_eq!(r.virtual_hosts[0].rules[0].cluster, "inbound|8080");
+        assert_eq!(
+            r.virtual_hosts[0].rules[0].action.first_cluster(),
+            Some("inbound|8080")
+        );
     }
 
     #[test]

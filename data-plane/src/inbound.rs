@@ -257,7 +257,7 @@ pub async fn handle(
                     )
                     .await
                 } else {
-                    state
+                    let sent = state
                         .upstreams
                         .send(
                             ep.spec.address,
@@ -267,8 +267,25 @@ pub async fn handle(
                             &authority,
                             req.map(http_body_util::Either::Left),
                         )
-                        .await
-                        .map(|resp| resp.map(http_body_util::Either::Left))
+                        .await;
+                    match sent {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            let seconds = start.elapsed().as_secs_f64();
+                            let state = state.clone();
+                            return crate::grpc::observe(resp, move |grpc_status| {
+                                state.metrics.record(
+                                    &RequestLabels {
+                                        response_code: status,
+                                        grpc_status,
+                                        ..labels
+                                    },
+                                    seconds,
+                                );
+                            });
+                        }
+                        Err(e) => Err(e),
+                    }
                 };
                 match sent {
                     Ok(resp) => resp,

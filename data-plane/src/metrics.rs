@@ -62,6 +62,10 @@ pub struct RequestLabels {
     pub destination_principal: String,
     /// HTTP status returned downstream.
     pub response_code: u16,
+    /// The gRPC status code (`0`..`16`) of a gRPC response, from its trailers or
+    /// trailers-only headers; `unknown` when a gRPC response carried none; empty
+    /// for other protocols.
+    pub grpc_status: &'static str,
     /// Always `http` for now.
     pub request_protocol: &'static str,
     /// `mutual_tls` when the hop between sidecars was mutual TLS, else `none`.
@@ -81,6 +85,7 @@ impl RequestLabels {
             destination_namespace: UNKNOWN.into(),
             destination_principal: UNKNOWN.into(),
             response_code: 0,
+            grpc_status: crate::grpc::NOT_GRPC,
             request_protocol: "http",
             connection_security_policy: "none",
         }
@@ -434,11 +439,12 @@ impl RequestStats {
     }
 }
 
-/// A label set fixed except for the response code, with handles cached per code.
+/// A label set fixed except for the response code and gRPC status, with handles
+/// cached per pair.
 #[derive(Debug)]
 pub struct StatsCache {
     base: RequestLabels,
-    by_code: RwLock<Vec<(u16, RequestStats)>>,
+    by_code: RwLock<Vec<((u16, &'static str), RequestStats)>>,
 }
 
 impl StatsCache {
@@ -450,24 +456,32 @@ impl StatsCache {
         }
     }
 
-    /// Records one request answered with `code` after `seconds`.
+    /// Records one non-gRPC request answered with `code` after `seconds`.
     pub fn record(&self, metrics: &Metrics, code: u16, seconds: f64) {
+        self.record_grpc(metrics, code, crate::grpc::NOT_GRPC, seconds);
+    }
+
+    /// Records one request answered with `code` and gRPC status `grpc` (a
+    /// [`crate::grpc::status_label`]) after `seconds`.
+    pub fn record_grpc(&self, metrics: &Metrics, code: u16, grpc: &'static str, seconds: f64) {
+        let key = (code, grpc);
         if let Ok(cached) = self.by_code.read()
-            && let Some((_, stats)) = cached.iter().find(|(c, _)| *c == code)
+            && let Some((_, stats)) = cached.iter().find(|(k, _)| *k == key)
         {
             stats.record(seconds);
             return;
         }
         let stats = metrics.handles(&RequestLabels {
             response_code: code,
+            grpc_status: grpc,
             ..self.base.clone()
         });
         stats.record(seconds);
         if let Ok(mut cached) = self.by_code.write()
-            && !cached.iter().any(|(c, _)| *c == code)
+            && !cached.iter().any(|(k, _)| *k == key)
             && cached.len() < 32
         {
-            cached.push((code, stats));
+            cached.push((key, stats));
         }
     }
 }
@@ -485,11 +499,16 @@ mod tests {
         cache.record(&m, 200, 0.003);
         cache.record(&m, 200, 0.003);
         cache.record(&m, 503, 0.2);
+        cache.record_grpc(&m, 200, "5", 0.01);
         m.connection_opened(Reporter::Destination);
         m.xds_connected.set(1);
         let text = m.encode();
-        assert!(text.contains("mesh_requests_total{reporter=\"source\",source_workload=\"unknown\",source_namespace=\"unknown\",source_principal=\"unknown\",destination_service=\"cat.shop.svc.cluster.local\",destination_workload=\"unknown\",destination_namespace=\"unknown\",destination_principal=\"unknown\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"none\"} 2"), "{text}");
+        assert!(text.contains("mesh_requests_total{reporter=\"source\",source_workload=\"unknown\",source_namespace=\"unknown\",source_principal=\"unknown\",destination_service=\"cat.shop.svc.cluster.local\",destination_workload=\"unknown\",destination_namespace=\"unknown\",destination_principal=\"unknown\",response_code=\"200\",grpc_status=\"\",request_protocol=\"http\",connection_security_policy=\"none\"} 2"), "{text}");
         assert!(text.contains("response_code=\"503\""));
+        assert!(
+            text.contains("response_code=\"200\",grpc_status=\"5\","),
+            "{text}"
+        );
         assert!(text.contains("mesh_request_duration_seconds_bucket{"));
         assert!(text.contains("le=\"0.0025\""));
         assert!(text.contains("mesh_tcp_connections_opened_total{reporter=\"destination\",source_workload=\"unknown\",source_namespace=\"unknown\",source_principal=\"unknown\",destination_service=\"unknown\",destination_workload=\"unknown\",destination_namespace=\"unknown\",destination_principal=\"unknown\",request_protocol=\"http\",connection_security_policy=\"none\"} 1"), "{text}");

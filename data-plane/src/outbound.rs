@@ -1,9 +1,13 @@
 //! The outbound listener: app -> mesh.
 //!
 //! Requests are routed by the absolute URI's authority (explicit proxy use) or the
-//! `Host`/`:authority` header, to a cluster, through its circuit breaker, to an
-//! endpoint its balancer picks, retried within the route's timeout and the
-//! cluster's retry budget when the route's retry policy says so.
+//! `Host`/`:authority` header to a virtual host, by its rules (path, method,
+//! headers, query) to a cluster of the rule's weighted split, through the
+//! cluster's circuit breaker, to an endpoint its balancer picks, retried within
+//! the route's timeout and the cluster's retry budget when the route's retry
+//! policy says so. A host no service claims is a 503; a known host no rule
+//! matches is a 404. The rule's request header edits apply before the mesh hop
+//! headers are set, its response edits to whatever the caller gets.
 //! Endpoints with a sidecar are reached at the sidecar's inbound port with the mesh
 //! hop headers, over mutual TLS with the endpoint's SPIFFE ID checked when this
 //! proxy has an identity (over h2c in dev mode); others directly.
@@ -24,7 +28,8 @@ use crate::headers::{
 };
 use crate::metrics::{Reporter, RequestLabels, ResilienceEvent};
 use crate::retry::{self, Outcome, RequestBody};
-use crate::routing::{ClusterRt, EndpointRt};
+use crate::route_match::RequestView;
+use crate::routing::{ActionRt, ClusterRt, EndpointRt, RuleRt};
 use crate::state::ProxyState;
 use crate::upstream::{Mtls, ProxyBody, UpstreamBody, UpstreamError, local_response};
 
@@ -44,37 +49,74 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// What routing decided for a request.
 enum Decision {
-    Forward(Arc<ClusterRt>, Arc<RoutePolicySpec>),
-    Reject(StatusCode, String, Option<Arc<ClusterRt>>),
+    /// Send it to this cluster under the route's policy, with the matched
+    /// rule's header edits.
+    Forward(Arc<ClusterRt>, Arc<RoutePolicySpec>, Arc<RuleRt>),
+    /// Answer it here: status, message, and the cluster or service it was for
+    /// (for metrics).
+    Reject(StatusCode, String, Refused),
+    /// The matched rule answers directly (`direct_response`) with this status and
+    /// body; the rule is kept for its response header edits.
+    Respond(StatusCode, bytes::Bytes, Arc<RuleRt>, Arc<str>),
 }
 
-fn decide(state: &ProxyState, host: &str, path: &str) -> Decision {
+/// What a refused request was for, as far as routing got.
+enum Refused {
+    Nothing,
+    Service(Arc<str>),
+    Cluster(Arc<ClusterRt>),
+}
+
+fn decide(state: &ProxyState, host: &str, req: &RequestView<'_>) -> Decision {
     let cfg = state.config.load();
     let Some(table) = cfg.outbound.as_ref() else {
         return Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "mesh-proxy: configuration not received from the controller yet".into(),
-            None,
+            Refused::Nothing,
         );
     };
-    let Some(target) = table.find(host, path) else {
+    let Some(vhost) = table.find(host) else {
         return Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "mesh-proxy: no service matches host {host:?} (namespace {})",
                 state.me.namespace
             ),
-            None,
+            Refused::Nothing,
         );
     };
+    // Host known, no rule: Envoy's 404 (and Gateway API's for a routed service).
+    let Some(rule) = vhost.route(req) else {
+        return Decision::Reject(
+            StatusCode::NOT_FOUND,
+            format!(
+                "mesh-proxy: no route for {} {} on {host:?}",
+                req.method, req.path
+            ),
+            Refused::Service(vhost.service.clone()),
+        );
+    };
+    let split = match &rule.action {
+        ActionRt::Respond(status, body) => {
+            return Decision::Respond(*status, body.clone(), rule.clone(), vhost.service.clone());
+        }
+        ActionRt::Forward(split) => split,
+    };
+    let target = split.pick();
     let Some(cluster) = target.cluster.clone() else {
         return Decision::Reject(
-            StatusCode::SERVICE_UNAVAILABLE,
+            split.cluster_not_found,
             format!(
-                "mesh-proxy: cluster {} is not known yet",
-                target.cluster_name
+                "mesh-proxy: cluster {} is not known{}",
+                target.cluster_name,
+                if split.cluster_not_found == StatusCode::SERVICE_UNAVAILABLE {
+                    " yet"
+                } else {
+                    " (the route names a backend that does not exist)"
+                }
             ),
-            None,
+            Refused::Service(vhost.service.clone()),
         );
     };
     if cluster.endpoints.is_empty() {
@@ -82,10 +124,10 @@ fn decide(state: &ProxyState, host: &str, path: &str) -> Decision {
         return Decision::Reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("mesh-proxy: service {} has no endpoints", cluster.name),
-            Some(cluster),
+            Refused::Cluster(cluster),
         );
     }
-    Decision::Forward(cluster, target.policy.clone())
+    Decision::Forward(cluster, target.policy.clone(), rule.clone())
 }
 
 fn reject(msg: String, status: StatusCode) -> Response<ProxyBody> {
@@ -102,51 +144,88 @@ pub const TIMEOUT_HEADER: &str = "x-mesh-timeout";
 /// and retry within the route timeout.
 pub async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
-    let rejected = |code: StatusCode, cluster: Option<&ClusterRt>| {
+    let rejected = |code: StatusCode, refused: &Refused| {
         let secs = start.elapsed().as_secs_f64();
-        match cluster {
-            Some(c) => c
-                .no_endpoint_stats
-                .record(&state.metrics, code.as_u16(), secs),
-            None => state.metrics.record(
-                &RequestLabels {
-                    source_workload: state.me.workload.clone(),
-                    source_namespace: state.me.namespace.clone(),
-                    response_code: code.as_u16(),
-                    ..RequestLabels::unknown(Reporter::Source)
-                },
-                secs,
-            ),
-        }
+        let service = match refused {
+            Refused::Cluster(c) => {
+                return c
+                    .no_endpoint_stats
+                    .record(&state.metrics, code.as_u16(), secs);
+            }
+            Refused::Service(s) => s.to_string(),
+            Refused::Nothing => crate::metrics::UNKNOWN.to_string(),
+        };
+        state.metrics.record(
+            &RequestLabels {
+                source_workload: state.me.workload.clone(),
+                source_namespace: state.me.namespace.clone(),
+                destination_service: service,
+                response_code: code.as_u16(),
+                ..RequestLabels::unknown(Reporter::Source)
+            },
+            secs,
+        )
     };
     if req.method() == Method::CONNECT {
-        rejected(StatusCode::NOT_IMPLEMENTED, None);
+        rejected(StatusCode::NOT_IMPLEMENTED, &Refused::Nothing);
         return reject(
             "mesh-proxy: CONNECT tunnels are not supported; send plain HTTP".into(),
             StatusCode::NOT_IMPLEMENTED,
         );
     }
     let Some(host) = request_host(&req) else {
-        rejected(StatusCode::BAD_REQUEST, None);
+        rejected(StatusCode::BAD_REQUEST, &Refused::Nothing);
         return reject(
             "mesh-proxy: request has no Host header or authority".into(),
             StatusCode::BAD_REQUEST,
         );
     };
-    let (cluster, policy) = match decide(&state, &host, req.uri().path()) {
-        Decision::Forward(c, p) => (c, p),
-        Decision::Reject(code, msg, cluster) => {
-            rejected(code, cluster.as_deref());
+    let view = RequestView::new(req.method(), req.uri(), req.headers());
+    let (cluster, policy, rule) = match decide(&state, &host, &view) {
+        Decision::Forward(c, p, r) => (c, p, r),
+        Decision::Reject(code, msg, refused) => {
+            rejected(code, &refused);
             return reject(msg, code);
         }
+        Decision::Respond(status, body, rule, service) => {
+            rejected(status, &Refused::Service(service));
+            let mut resp = local_response(status, body);
+            rule.response_headers.apply(resp.headers_mut());
+            return resp;
+        }
+    };
+    let mut resp = forward(&state, &host, req, &cluster, &policy, &rule, start).await;
+    rule.response_headers.apply(resp.headers_mut());
+    resp
+}
+
+/// A routed request: admit (circuit breaker), then attempt and retry within the
+/// route timeout. The rule's request edits apply here; the caller applies its
+/// response edits to whatever comes back.
+async fn forward(
+    state: &Arc<ProxyState>,
+    host: &str,
+    mut req: Request<Incoming>,
+    cluster: &Arc<ClusterRt>,
+    policy: &RoutePolicySpec,
+    rule: &RuleRt,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let rejected = |code: StatusCode| {
+        cluster.no_endpoint_stats.record(
+            &state.metrics,
+            code.as_u16(),
+            start.elapsed().as_secs_f64(),
+        )
     };
     let _admitted = match cluster.load.admit(&cluster.policy.limits) {
         Ok(slot) => slot,
         Err(overflow) => {
-            rejected(StatusCode::SERVICE_UNAVAILABLE, Some(&cluster));
-            return overloaded(&state, &cluster, overflow);
+            rejected(StatusCode::SERVICE_UNAVAILABLE);
+            return overloaded(state, cluster, overflow);
         }
     };
+    rule.request_headers.apply(req.headers_mut());
 
     // Keep what the app addressed as the host, including the Host header when the
     // request came in absolute form.
@@ -166,10 +245,10 @@ pub async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<
                     .unwrap_or_default()
                     .to_string()
             })
-            .unwrap_or_else(|| host.clone()),
+            .unwrap_or_else(|| host.to_string()),
     };
     if crate::upgrade::requested(&req) {
-        return upgrade(&state, &cluster, &authority, req, start).await;
+        return upgrade(state, cluster, &authority, req, start).await;
     }
     let key = hash_key(&policy.hash, req.headers());
     let (mut parts, body) = req.into_parts();
@@ -179,7 +258,7 @@ pub async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<
         match retry::buffer(body).await {
             Ok(b) => b,
             Err(e) => {
-                rejected(StatusCode::BAD_REQUEST, Some(&cluster));
+                rejected(StatusCode::BAD_REQUEST);
                 return reject(
                     format!("mesh-proxy: reading the request body failed: {e}"),
                     StatusCode::BAD_REQUEST,
@@ -190,8 +269,8 @@ pub async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<
         RequestBody::Streaming(body)
     };
     let call = Call {
-        state: &state,
-        cluster: &cluster,
+        state,
+        cluster,
         parts: &parts,
         authority: &authority,
         retry,
@@ -206,7 +285,7 @@ pub async fn handle(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<
                 state
                     .metrics
                     .resilience(&cluster.service, ResilienceEvent::Timeout);
-                rejected(StatusCode::GATEWAY_TIMEOUT, Some(&cluster));
+                rejected(StatusCode::GATEWAY_TIMEOUT);
                 let mut resp = reject(
                     format!(
                         "mesh-proxy: request timeout of {} ms exceeded for service {} (route timeout)",
@@ -278,7 +357,7 @@ impl Attempt {
 
 /// One outbound request's attempts.
 struct Call<'a> {
-    state: &'a ProxyState,
+    state: &'a Arc<ProxyState>,
     cluster: &'a Arc<ClusterRt>,
     parts: &'a http::request::Parts,
     authority: &'a str,
@@ -413,10 +492,21 @@ impl Call<'_> {
     }
 
     /// The downstream response for the last attempt, counted in the metrics.
-    fn respond(&self, ep: &EndpointRt, attempt: Attempt) -> Response<ProxyBody> {
+    fn respond(&self, ep: &Arc<EndpointRt>, attempt: Attempt) -> Response<ProxyBody> {
         let cluster = self.cluster;
         let resp = match attempt {
-            Attempt::Response(resp) => resp.map(Either::Left),
+            Attempt::Response(resp) => {
+                // Counted when the gRPC status is known (trailers), streamed.
+                let status = resp.status().as_u16();
+                let seconds = self.start.elapsed().as_secs_f64();
+                let state = self.state.clone();
+                let endpoint = ep.clone();
+                return crate::grpc::observe(resp, move |grpc| {
+                    endpoint
+                        .stats
+                        .record_grpc(&state.metrics, status, grpc, seconds);
+                });
+            }
             Attempt::PerTryTimeout(limit) => {
                 let mut resp = local_response(
                     StatusCode::GATEWAY_TIMEOUT,

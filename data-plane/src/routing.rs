@@ -2,13 +2,16 @@
 //! and published behind an `ArcSwap`, so each request reads them without a lock.
 //!
 //! Routes are resolved to their cluster's runtime once, at build time; a request does
-//! one hash lookup for the host, a short scan of the path rules and an atomic
-//! increment to pick an endpoint.
+//! one hash lookup for the host, a scan of the host's rules in order (first match
+//! wins; the controller emits them in Gateway API precedence), a random draw for a
+//! weighted split, and an atomic increment to pick an endpoint.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use http::StatusCode;
 
 use mesh_xds::names;
 
@@ -17,13 +20,14 @@ use crate::balancer::Balancer;
 use crate::circuit_breaker::ClusterLoad;
 use crate::clock::now_ns;
 use crate::decode::{
-    ClusterSpec, Direction, Discovery, EndpointSpec, ListenerSpec, LoadAssignment, PathMatch,
-    RouteSource, RouteSpec,
+    ClusterSpec, Direction, Discovery, EndpointSpec, ForwardSpec, ListenerSpec, LoadAssignment,
+    RequestMatch, RouteRule, RouteSource, RouteSpec, RuleAction, VirtualHostSpec,
 };
 use crate::decode_policy::{ClusterPolicy, RoutePolicySpec};
 use crate::endpoint_load::EndpointLoad;
 use crate::metrics::{Reporter, RequestLabels, StatsCache, UNKNOWN};
 use crate::outlier::{EjectedCount, EndpointHealth, Verdict};
+use crate::route_match::{CompiledEdits, RequestView};
 use crate::store::Store;
 use crate::tcp_listener::TcpTables;
 
@@ -146,17 +150,124 @@ pub struct Target {
     pub policy: Arc<RoutePolicySpec>,
 }
 
+/// A weighted choice among targets (one target: no draw).
 #[derive(Debug)]
-struct VirtualHostRt {
-    rules: Vec<(PathMatch, Target)>,
+pub struct Split {
+    /// Targets with their cumulative weight (strictly increasing).
+    targets: Vec<(Target, u64)>,
+    /// Status when the chosen target's cluster is unknown.
+    pub cluster_not_found: StatusCode,
+}
+
+impl Split {
+    fn new(spec: &ForwardSpec, clusters: &HashMap<String, Arc<ClusterRt>>) -> Split {
+        let mut total = 0u64;
+        let targets = spec
+            .clusters
+            .iter()
+            .map(|(name, weight)| {
+                total += u64::from(*weight);
+                (
+                    Target {
+                        cluster_name: name.as_str().into(),
+                        cluster: clusters.get(name).cloned(),
+                        policy: spec.policy.clone(),
+                    },
+                    total,
+                )
+            })
+            .collect();
+        Split {
+            targets,
+            cluster_not_found: StatusCode::from_u16(spec.cluster_not_found)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// One target, drawn in proportion to the weights.
+    pub fn pick(&self) -> &Target {
+        match &self.targets[..] {
+            [(only, _)] => only,
+            targets => {
+                let total = targets.last().map_or(1, |(_, w)| *w);
+                let draw = fastrand::u64(..total);
+                let i = targets.partition_point(|(_, cumulative)| *cumulative <= draw);
+                &targets[i.min(targets.len() - 1)].0
+            }
+        }
+    }
+
+    /// Every target (for tests and the dump).
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().map(|(t, _)| t)
+    }
+}
+
+/// What a matched rule does.
+#[derive(Debug)]
+pub enum ActionRt {
+    /// Forward to a cluster of the split.
+    Forward(Split),
+    /// Answer directly.
+    Respond(StatusCode, bytes::Bytes),
+}
+
+/// One route, ready for requests.
+#[derive(Debug)]
+pub struct RuleRt {
+    /// The route's name (its HTTPRoute), for logs.
+    pub name: Arc<str>,
+    matcher: RequestMatch,
+    /// What it does.
+    pub action: ActionRt,
+    /// Request header edits.
+    pub request_headers: CompiledEdits,
+    /// Response header edits.
+    pub response_headers: CompiledEdits,
+}
+
+impl RuleRt {
+    fn new(rule: &RouteRule, clusters: &HashMap<String, Arc<ClusterRt>>) -> RuleRt {
+        RuleRt {
+            name: rule.name.as_str().into(),
+            matcher: rule.matcher.clone(),
+            action: match &rule.action {
+                RuleAction::Forward(f) => ActionRt::Forward(Split::new(f, clusters)),
+                RuleAction::Respond { status, body } => ActionRt::Respond(
+                    StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    bytes::Bytes::from(format!("{body}\n")),
+                ),
+            },
+            request_headers: CompiledEdits::compile(&rule.request_headers),
+            response_headers: CompiledEdits::compile(&rule.response_headers),
+        }
+    }
+}
+
+/// A virtual host: the service it stands for and its rules in order.
+#[derive(Debug)]
+pub struct VirtualHostRt {
+    /// The service FQDN (from the virtual host's name, `<fqdn>:<port>`), for
+    /// metrics of requests answered without a cluster.
+    pub service: Arc<str>,
+    rules: Vec<Arc<RuleRt>>,
 }
 
 impl VirtualHostRt {
-    fn find(&self, path: &str) -> Option<&Target> {
-        self.rules
-            .iter()
-            .find(|(m, _)| m.matches(path))
-            .map(|(_, t)| t)
+    fn new(vh: &VirtualHostSpec, clusters: &HashMap<String, Arc<ClusterRt>>) -> VirtualHostRt {
+        VirtualHostRt {
+            service: service_of(&vh.name).into(),
+            rules: vh
+                .rules
+                .iter()
+                .map(|r| Arc::new(RuleRt::new(r, clusters)))
+                .collect(),
+        }
+    }
+
+    /// The first rule `req` matches.
+    pub fn route(&self, req: &RequestView<'_>) -> Option<&Arc<RuleRt>> {
+        self.rules.iter().find(|r| r.matcher.matches(req))
     }
 }
 
@@ -173,22 +284,7 @@ pub struct RouteTable {
 impl RouteTable {
     fn add(&mut self, spec: &RouteSpec, clusters: &HashMap<String, Arc<ClusterRt>>) {
         for vh in &spec.virtual_hosts {
-            let rt = Arc::new(VirtualHostRt {
-                rules: vh
-                    .rules
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.path.clone(),
-                            Target {
-                                cluster_name: r.cluster.as_str().into(),
-                                cluster: clusters.get(&r.cluster).cloned(),
-                                policy: r.policy.clone(),
-                            },
-                        )
-                    })
-                    .collect(),
-            });
+            let rt = Arc::new(VirtualHostRt::new(vh, clusters));
             for d in &vh.domains {
                 if d == "*" {
                     self.any.get_or_insert_with(|| rt.clone());
@@ -208,10 +304,9 @@ impl RouteTable {
             .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     }
 
-    /// The target for `host` (already lowercased) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Target> {
-        let vh = self
-            .exact
+    /// The virtual host for `host` (already lowercased).
+    pub fn find(&self, host: &str) -> Option<&Arc<VirtualHostRt>> {
+        self.exact
             .get(host)
             .or_else(|| {
                 self.suffixes
@@ -225,8 +320,7 @@ impl RouteTable {
                     .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
                     .map(|(_, v)| v)
             })
-            .or(self.any.as_ref())?;
-        vh.find(path)
+            .or(self.any.as_ref())
     }
 }
 
@@ -347,7 +441,8 @@ impl ProxyConfig {
                         .virtual_hosts
                         .first()
                         .and_then(|vh| vh.rules.first())
-                        .map(|r| r.cluster.clone()),
+                        .and_then(|r| r.action.first_cluster())
+                        .map(str::to_string),
                     RouteSource::Rds(_) => None,
                 };
                 let name = inline.unwrap_or_else(|| names::inbound_cluster(port));
@@ -482,6 +577,34 @@ pub(crate) mod tests {
     use mesh_xds::any::pack;
     use mesh_xds::resources;
 
+    use crate::decode::PathMatch;
+
+    /// The first target of the rule a GET of `path` on `host` matches.
+    pub(crate) fn find<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a Target> {
+        let uri: http::Uri = path.parse().unwrap();
+        let headers = http::HeaderMap::new();
+        let rule = t
+            .find(host)?
+            .route(&RequestView::new(&http::Method::GET, &uri, &headers))?;
+        match &rule.action {
+            ActionRt::Forward(split) => split.targets().next(),
+            ActionRt::Respond(..) => None,
+        }
+    }
+
+    fn rule(path: PathMatch, cluster: &str) -> RouteRule {
+        RouteRule {
+            name: String::new(),
+            matcher: RequestMatch {
+                path,
+                ..RequestMatch::any()
+            },
+            action: RuleAction::to_cluster(cluster),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+        }
+    }
+
     pub(crate) fn me() -> LocalIdentity {
         LocalIdentity {
             workload: "web-1".into(),
@@ -583,29 +706,25 @@ pub(crate) mod tests {
     fn routes_by_host_with_and_without_port() {
         let cfg = ProxyConfig::build(&store(), &ProxyConfig::default(), &me());
         let out = cfg.outbound.as_ref().expect("outbound table");
-        let t = out.find("catalog:8080", "/").unwrap();
+        let t = find(out, "catalog:8080", "/").unwrap();
         assert_eq!(&*t.cluster_name, "catalog.default.svc.cluster.local:8080");
+        assert!(find(out, "catalog.default.svc.cluster.local:8080", "/x").is_some());
         assert!(
-            out.find("catalog.default.svc.cluster.local:8080", "/x")
-                .is_some()
-        );
-        assert!(
-            out.find("catalog", "/").is_none(),
+            find(out, "catalog", "/").is_none(),
             "bare host only for port 80"
         );
-        assert!(out.find("catalog:9999", "/").is_none());
-        let w = out.find("web.default", "/").unwrap();
+        assert!(find(out, "catalog:9999", "/").is_none());
+        let w = find(out, "web.default", "/").unwrap();
         assert_eq!(&*w.cluster_name, "web.default.svc.cluster.local:80");
-        assert!(out.find("web:80", "/").is_some());
-        assert!(out.find("nope", "/").is_none());
+        assert!(find(out, "web:80", "/").is_some());
+        assert!(find(out, "nope", "/").is_none());
     }
 
     #[test]
     fn clusters_endpoints_and_inbound() {
         let cfg = ProxyConfig::build(&store(), &ProxyConfig::default(), &me());
         let out = cfg.outbound.as_ref().unwrap();
-        let cat = out
-            .find("catalog:8080", "/")
+        let cat = find(out, "catalog:8080", "/")
             .unwrap()
             .cluster
             .clone()
@@ -623,7 +742,7 @@ pub(crate) mod tests {
         let a = cat.pick(None, &[]).unwrap();
         let b = cat.pick(None, &[a]).unwrap();
         assert_ne!(a, b, "a retry avoids the endpoint tried");
-        let web = out.find("web", "/").unwrap().cluster.clone().unwrap();
+        let web = find(out, "web", "/").unwrap().cluster.clone().unwrap();
         assert!(web.pick(None, &[]).is_none());
         let inbound = cfg.inbound.as_ref().unwrap();
         assert!(inbound.accepts_plaintext && inbound.accepts_tls);
@@ -648,6 +767,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn weighted_split_draws_by_weight_and_keeps_unknown_clusters() {
+        let known = Arc::new(cluster_rt(
+            Arc::new(ClusterSpec {
+                name: "v1:80".into(),
+                discovery: Discovery::Static(Vec::new()),
+                http2: false,
+                connect_timeout_ms: 1000,
+                policy: crate::decode_policy::cluster_policy(&Default::default()).unwrap(),
+            }),
+            None,
+            &me(),
+            None,
+        ));
+        let clusters: HashMap<String, Arc<ClusterRt>> = [("v1:80".to_string(), known)].into();
+        let split = Split::new(
+            &ForwardSpec {
+                clusters: vec![("v1:80".into(), 90), ("ghost:80".into(), 10)],
+                cluster_not_found: 500,
+                policy: Arc::new(RoutePolicySpec {
+                    timeout: Some(Duration::from_secs(2)),
+                    ..Default::default()
+                }),
+            },
+            &clusters,
+        );
+        assert_eq!(split.cluster_not_found, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            split
+                .targets()
+                .all(|t| t.policy.timeout == Some(Duration::from_secs(2))),
+            "every target carries the rule's route policy"
+        );
+        fastrand::seed(7);
+        let ghost = (0..10_000)
+            .filter(|_| split.pick().cluster.is_none())
+            .count();
+        assert!(
+            (700..=1300).contains(&ghost),
+            "10% to the unknown backend: {ghost}"
+        );
+    }
+
+    #[test]
     fn wildcard_domains() {
         let mut t = RouteTable::default();
         let spec = RouteSpec {
@@ -656,30 +818,22 @@ pub(crate) mod tests {
                 crate::decode::VirtualHostSpec {
                     name: "a".into(),
                     domains: vec!["*.example.com".into()],
-                    rules: vec![crate::decode::RouteRule {
-                        path: PathMatch::Exact("/only".into()),
-                        cluster: "a".into(),
-                        policy: Default::default(),
-                    }],
+                    rules: vec![rule(PathMatch::Exact("/only".into()), "a")],
                 },
                 crate::decode::VirtualHostSpec {
                     name: "b".into(),
                     domains: vec!["*".into()],
-                    rules: vec![crate::decode::RouteRule {
-                        path: PathMatch::Prefix(String::new()),
-                        cluster: "b".into(),
-                        policy: Default::default(),
-                    }],
+                    rules: vec![rule(PathMatch::Prefix(String::new()), "b")],
                 },
             ],
         };
         t.add(&spec, &HashMap::new());
         assert_eq!(
-            &*t.find("x.example.com", "/only").unwrap().cluster_name,
+            &*find(&t, "x.example.com", "/only").unwrap().cluster_name,
             "a"
         );
-        assert!(t.find("x.example.com", "/other").is_none());
-        assert_eq!(&*t.find("other", "/").unwrap().cluster_name, "b");
+        assert!(find(&t, "x.example.com", "/other").is_none());
+        assert_eq!(&*find(&t, "other", "/").unwrap().cluster_name, "b");
         assert_eq!(service_of("a.b.svc:80"), "a.b.svc");
         assert_eq!(service_of("inbound|80"), "inbound|80");
     }

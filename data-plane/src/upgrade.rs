@@ -99,7 +99,7 @@ pub async fn forward(
     } else {
         strip_hop_by_hop(resp.headers_mut());
     }
-    Ok(resp.map(http_body_util::Either::Left))
+    Ok(resp.map(|b| http_body_util::Either::Left(crate::grpc::Observed::plain(b))))
 }
 
 /// One HTTP/1.1 exchange on `io`, with upgrades allowed.

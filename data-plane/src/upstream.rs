@@ -32,8 +32,9 @@ use tokio_rustls::client::TlsStream as ClientTlsStream;
 use crate::headers::strip_hop_by_hop;
 
 /// The body of every response the proxy sends downstream: the upstream's body
-/// streamed through, or one the proxy wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// streamed through (watched for a gRPC status, see [`crate::grpc`]), or one the
+/// proxy wrote itself.
+pub type ProxyBody = Either<crate::grpc::Observed, Full<Bytes>>;
 
 /// The body of every request the proxy sends upstream: the caller's streamed
 /// through, or one held in memory (so that it can be sent again on a retry).

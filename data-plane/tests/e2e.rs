@@ -320,7 +320,7 @@ async fn full_path(protocol: XdsProtocol) {
     // Metrics on both sides.
     let (_, metrics) = get(client.admin_addr, "/metrics").await;
     assert!(
-        metrics.contains("mesh_requests_total{reporter=\"source\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"unknown\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"unknown\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"none\"} 3"),
+        metrics.contains("mesh_requests_total{reporter=\"source\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"unknown\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"unknown\",response_code=\"200\",grpc_status=\"\",request_protocol=\"http\",connection_security_policy=\"none\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("mesh_proxy_xds_connected 1"), "{metrics}");

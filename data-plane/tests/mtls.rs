@@ -361,7 +361,7 @@ async fn strict_mtls_rbac_and_identity_check() {
     let web = spiffe("web");
     let cat = spiffe("catalog");
     assert!(
-        text.contains(&format!("mesh_requests_total{{reporter=\"destination\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"{web}\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"{cat}\",response_code=\"403\",request_protocol=\"http\",connection_security_policy=\"mutual_tls\"}} 1")),
+        text.contains(&format!("mesh_requests_total{{reporter=\"destination\",source_workload=\"web-1\",source_namespace=\"default\",source_principal=\"{web}\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"{cat}\",response_code=\"403\",grpc_status=\"\",request_protocol=\"http\",connection_security_policy=\"mutual_tls\"}} 1")),
         "{text}"
     );
     assert!(
@@ -370,7 +370,7 @@ async fn strict_mtls_rbac_and_identity_check() {
     );
     let text = metrics(m.client.admin_addr).await;
     assert!(
-        text.contains(&format!("source_principal=\"{web}\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"{cat}\",response_code=\"200\",request_protocol=\"http\",connection_security_policy=\"mutual_tls\"}} 1")),
+        text.contains(&format!("source_principal=\"{web}\",destination_service=\"catalog.default.svc.cluster.local\",destination_workload=\"catalog-1\",destination_namespace=\"default\",destination_principal=\"{cat}\",response_code=\"200\",grpc_status=\"\",request_protocol=\"http\",connection_security_policy=\"mutual_tls\"}} 1")),
         "{text}"
     );
 

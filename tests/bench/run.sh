@@ -3,7 +3,7 @@
 # markdown summary on stdout (progress and build output on stderr).
 #
 #   tests/bench/run.sh                 # all benchmarks, default sizes
-#   tests/bench/run.sh startup         # only some: startup convergence overhead xds-scale mtls restart lb
+#   tests/bench/run.sh startup         # only some: startup convergence overhead xds-scale mtls restart lb routing
 #   SCALE_PROXIES="1000 5000" tests/bench/run.sh xds-scale
 #
 # Everything runs on loopback and stops by itself; each benchmark has a hard time
@@ -18,7 +18,7 @@ bench="$bin_dir/mesh-bench"
 (cd "$root" && cargo build --release --workspace --bins) >&2
 
 which=("$@")
-[ ${#which[@]} -eq 0 ] && which=(startup convergence overhead xds-scale mtls restart lb)
+[ ${#which[@]} -eq 0 ] && which=(startup convergence overhead xds-scale mtls restart lb routing)
 
 echo "# mesh benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown))"
 echo
@@ -36,6 +36,10 @@ for b in "${which[@]}"; do
         "$bench" xds-scale --proxies "$n" --rounds 5 --max-seconds 600 || echo "xds-scale --proxies $n failed (exit $?)"
       done
       continue ;;
+    routing)
+      echo "\`\$ cargo bench -p mesh-proxy --bench routing\`"; echo
+      (cd "$root" && cargo bench -q -p mesh-proxy --bench routing 2>/dev/null) || echo "routing failed (exit $?)"
+      echo; continue ;;
     *) echo "unknown benchmark $b" >&2; exit 2 ;;
   esac
   echo "\`\$ $(basename "${cmd[0]}") ${cmd[*]:1}\`"; echo

@@ -98,7 +98,123 @@ pub async fn get_via_proxy(proxy: &str, url: &str) -> Option<(u16, String)> {
     send(addr, req).await
 }
 
-/// A test upstream: answers every request with JSON naming itself, and counts.
+/// A response as a test sees it.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// Body text.
+    pub body: String,
+    /// Trailers (HTTP/2).
+    pub trailers: Option<http::HeaderMap>,
+}
+
+impl Answer {
+    /// The body as the JSON a test [`Upstream`] answers with.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Sends `req` as is over a new connection to `addr` (HTTP/2 prior knowledge when
+/// `h2`) and returns the whole answer, trailers included.
+pub async fn exchange(addr: SocketAddr, req: Request<Full<Bytes>>, h2: bool) -> Option<Answer> {
+    let fut = async {
+        let io = TokioIo::new(TcpStream::connect(addr).await.ok()?);
+        let resp = if h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.ok()?
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.ok()?;
+            tokio::spawn(conn);
+            sender.send_request(req).await.ok()?
+        };
+        let (parts, body) = resp.into_parts();
+        let collected = body.collect().await.ok()?;
+        let trailers = collected.trailers().cloned();
+        Some(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            trailers,
+        })
+    };
+    tokio::time::timeout(TIMEOUT, fut).await.ok().flatten()
+}
+
+/// A gRPC-speaking upstream (HTTP/2 only): every call gets HTTP 200, an empty
+/// message and the gRPC status `code` in the trailers, as real servers send an
+/// error after headers.
+#[derive(Debug)]
+pub struct GrpcUpstream {
+    /// Calls served.
+    pub calls: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GrpcUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GrpcUpstream {
+    /// Starts it on `addr`, answering every call with status `code`.
+    pub async fn start(addr: SocketAddr, code: u32) -> GrpcUpstream {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("gRPC upstream cannot bind {addr}: {e}"));
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", code.into());
+                            trailers
+                                .insert("grpc-message", http::HeaderValue::from_static("not here"));
+                            // An empty message (flag 0, length 0), then the trailers.
+                            let frames = futures::stream::iter([
+                                Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                                    &[0, 0, 0, 0, 0],
+                                ))),
+                                Ok(hyper::body::Frame::trailers(trailers)),
+                            ]);
+                            async move {
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .header("content-type", "application/grpc")
+                                        .body(http_body_util::StreamBody::new(frames))
+                                        .expect("valid response"),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        GrpcUpstream { calls, task }
+    }
+}
+
+/// A test upstream: answers every request with JSON naming itself (method, path,
+/// headers it received) and an `x-upstream` response header, and counts.
 /// A path `/status/<code>` is answered with that status (for known failure rates).
 #[derive(Debug)]
 pub struct Upstream {
@@ -135,8 +251,17 @@ impl Upstream {
                     let service = hyper::service::service_fn(
                         move |req: Request<hyper::body::Incoming>| {
                             counter.fetch_add(1, Ordering::Relaxed);
+                            let headers: serde_json::Map<String, serde_json::Value> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_string(), v.to_str().unwrap_or("?").into())
+                                })
+                                .collect();
                             let body = serde_json::json!({
                                 "server": &*name,
+                                "method": req.method().as_str(),
+                                "headers": headers,
                                 "path": req.uri().path(),
                                 "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()),
                                 "mesh_headers": req.headers().keys().filter(|k| k.as_str().starts_with("mesh-")).map(|k| k.as_str()).collect::<Vec<_>>(),
@@ -148,11 +273,13 @@ impl Upstream {
                                 .and_then(|code| code.parse::<u16>().ok())
                                 .and_then(|code| StatusCode::from_u16(code).ok())
                                 .unwrap_or(StatusCode::OK);
+                            let upstream = name.to_string();
                             async move {
                                 Ok::<_, Infallible>(
                                     Response::builder()
                                         .status(status)
                                         .header("content-type", "application/json")
+                                        .header("x-upstream", upstream)
                                         .body(Full::new(Bytes::from(body.to_string())))
                                         .expect("valid response"),
                                 )

@@ -77,16 +77,9 @@ impl Mesh {
     /// A SotW stream of a proxy in `demo` subscribed to `names` over EDS.
     async fn eds(&self, names: &[&str]) -> Eds {
         let stream = Sotw::open(&format!("http://{}", self.xds)).await;
-        let node = ProxyNode {
-            id: "productpage-1.demo".into(),
-            workload: None,
-            namespace: "demo".into(),
-            admin_address: None,
-        }
-        .to_node();
         stream
             .send(DiscoveryRequest {
-                node: Some(node),
+                node: Some(demo_node()),
                 type_url: ENDPOINT.into(),
                 resource_names: names.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
@@ -97,6 +90,17 @@ impl Mesh {
             names: names.iter().map(|s| s.to_string()).collect(),
         }
     }
+}
+
+/// The node of a proxy in `demo` (no workload: the namespace's view).
+fn demo_node() -> envoy_types::pb::envoy::config::core::v3::Node {
+    ProxyNode {
+        id: "productpage-1.demo".into(),
+        workload: None,
+        namespace: "demo".into(),
+        admin_address: None,
+    }
+    .to_node()
 }
 
 /// Endpoints of one load assignment: (address, DRAINING?).
@@ -545,4 +549,77 @@ async fn service_account_tokens_are_checked_with_token_review() {
     );
     let log = m.controller.proc.log_text();
     assert!(log.contains("Kubernetes token rejected"), "{log}");
+}
+
+/// The `outbound` routes a proxy in `demo` gets: the names of the routes in the
+/// virtual host of `cluster`, and whether the last one answers 404.
+async fn routes_of(m: &Mesh, cluster: &str) -> (Vec<String>, bool) {
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route::Action};
+    let mut stream = Sotw::open(&format!("http://{}", m.xds)).await;
+    stream
+        .send(DiscoveryRequest {
+            node: Some(demo_node()),
+            type_url: mesh_xds::types::ROUTE.into(),
+            resource_names: vec!["outbound".into()],
+            ..Default::default()
+        })
+        .await;
+    let resp: DiscoveryResponse = stream.recv().await;
+    let config: RouteConfiguration =
+        mesh_xds::any::unpack(&resp.resources[0]).expect("a route configuration");
+    let vh = config
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == cluster)
+        .expect("the service's virtual host");
+    let last_404 = vh
+        .routes
+        .last()
+        .is_some_and(|r| matches!(&r.action, Some(Action::DirectResponse(d)) if d.status == 404));
+    (vh.routes.iter().map(|r| r.name.clone()).collect(), last_404)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_from_the_cluster_reach_proxies_and_bad_ones_are_reported() {
+    let m = Mesh::start("httproute").await;
+    let (names, last_404) = routes_of(&m, REVIEWS).await;
+    assert!(!last_404 && names == [""], "no route yet: {names:?}");
+    m.api.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "reviews-canary", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080}],
+            "rules": [{
+                "matches": [{"headers": [{"name": "x-canary", "value": "yes"}]}],
+                "backendRefs": [{"name": "reviews", "port": 9080}]
+            }]
+        }
+    }));
+    let routes = mesh_tests::eventually("the route in RDS", Duration::from_secs(5), || async {
+        let (names, last_404) = routes_of(&m, REVIEWS).await;
+        (last_404 && names.contains(&"demo/reviews-canary".to_string())).then_some(names)
+    })
+    .await;
+    assert_eq!(routes.len(), 2, "the header rule and the 404: {routes:?}");
+    m.api.create(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "to-a-gateway", "namespace": "demo"},
+        "spec": {"parentRefs": [{"name": "some-gateway"}]}
+    }));
+    let error =
+        mesh_tests::eventually("the bad route reported", Duration::from_secs(5), || async {
+            let (_, body) =
+                mesh_tests::http::get(&format!("http://{}/debug/registry", m.admin)).await?;
+            let registry: serde_json::Value = serde_json::from_str(&body).ok()?;
+            registry["last_error"].as_str().map(str::to_string)
+        })
+        .await;
+    assert!(
+        error.contains("HTTPRoute/demo/to-a-gateway") && error.contains("kind Service"),
+        "{error}"
+    );
+    let (names, _) = routes_of(&m, REVIEWS).await;
+    assert_eq!(names, routes, "the good route still applies");
 }

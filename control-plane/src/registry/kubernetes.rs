@@ -1,5 +1,5 @@
 //! The Kubernetes source: kube-runtime watchers on Namespaces, Services,
-//! EndpointSlices, Pods and the mesh's custom resources.
+//! EndpointSlices, Pods, the mesh's custom resources and Gateway API HTTPRoutes.
 //!
 //! Each kind has a watcher feeding a reflector store; the watcher lists, then
 //! watches from the list's resourceVersion, and on `410 Gone` (the API server
@@ -50,16 +50,12 @@ fn mesh_resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("mesh.io", "v1alpha1", kind), plural)
 }
 
-/// Kinds watched but not yet in the model: their objects are reported once and
-/// otherwise ignored, so installing them early does no harm.
-fn unsupported_resources() -> [(&'static str, ApiResource); 1] {
-    [(
-        "HTTPRoute",
-        ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-            "httproutes",
-        ),
-    )]
+/// Gateway API's HTTPRoute (the mesh profile: parents are Services).
+fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    )
 }
 
 /// A client for `kubeconfig`, or, without one, the usual inference: `$KUBECONFIG`
@@ -123,17 +119,16 @@ pub async fn start(
         ar,
         "TrafficPolicy",
     );
-    // Not waited for: they do not reach the model yet.
-    let unsupported: Vec<(&'static str, Store<DynamicObject>)> = unsupported_resources()
-        .into_iter()
-        .map(|(kind, ar)| {
-            let api = Api::<DynamicObject>::all_with(client.clone(), &ar);
-            (kind, ctx.watch_dynamic(api, ar, kind).0)
-        })
-        .collect();
-
+    let ar = http_route_resource();
+    let (routes, route_sync) = ctx.watch_dynamic(
+        Api::<DynamicObject>::all_with(client.clone(), &ar),
+        ar,
+        "HTTPRoute",
+    );
     // Policies gate the first model too: starting without a DENY policy that
-    // exists would briefly open what it closes. A missing CRD counts as none.
+    // exists would briefly open what it closes; routes likewise, or a canary
+    // split would start as "everything to the service". A missing CRD (Gateway
+    // API not installed) counts as none.
     let mut gates = vec![
         ("Namespace", ns_sync),
         ("Service", svc_sync),
@@ -143,6 +138,7 @@ pub async fn start(
         // Not a security gate, but proxies should not first get the defaults and
         // a moment later the policy (a missing CRD counts as none).
         ("TrafficPolicy", traffic_sync),
+        ("HTTPRoute", route_sync),
     ];
     let started = Instant::now();
     for (kind, sync) in &mut gates {
@@ -179,7 +175,7 @@ pub async fn start(
         pods,
         policies,
         traffic_policies,
-        unsupported,
+        routes,
     };
     let mut reporter = Reporter::default();
     let mapped = reporter.map(&stores);
@@ -210,7 +206,7 @@ struct Stores {
     pods: Store<Pod>,
     policies: Store<DynamicObject>,
     traffic_policies: Store<DynamicObject>,
-    unsupported: Vec<(&'static str, Store<DynamicObject>)>,
+    routes: Store<DynamicObject>,
 }
 
 impl Stores {
@@ -222,6 +218,7 @@ impl Stores {
             pods: self.pods.state(),
             authorization_policies: self.policies.state(),
             traffic_policies: self.traffic_policies.state(),
+            http_routes: self.routes.state(),
         }
     }
 }
@@ -231,7 +228,6 @@ impl Stores {
 #[derive(Default)]
 struct Reporter {
     rejected: Vec<String>,
-    unsupported_logged: std::collections::BTreeSet<&'static str>,
 }
 
 impl Reporter {
@@ -243,16 +239,6 @@ impl Reporter {
             }
         }
         self.rejected.clone_from(&mapped.rejected);
-        for (kind, store) in &stores.unsupported {
-            let count = store.len();
-            if count > 0 && self.unsupported_logged.insert(kind) {
-                tracing::warn!(
-                    kind,
-                    objects = count,
-                    "kind {kind} is not supported yet; its objects are ignored"
-                );
-            }
-        }
         mapped
     }
 }

@@ -32,9 +32,6 @@ pub enum ModelErrorKind {
         /// The document's `apiVersion`.
         api_version: String,
     },
-    /// A kind the mesh will support but does not yet.
-    #[error("kind {0} is not supported yet")]
-    Unsupported(String),
     /// A required field is missing or a field has the wrong shape.
     #[error("invalid {field}: {reason}")]
     Invalid {

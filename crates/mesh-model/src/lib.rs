@@ -7,15 +7,21 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod http_route;
 mod identity;
 mod model;
 mod objects;
 mod opaque;
 mod parse;
+mod parse_http_route;
 mod parse_traffic_policy;
 mod traffic_policy;
 
 pub use error::{ModelError, ModelErrorKind};
+pub use http_route::{
+    BackendRef, HeaderModifier, HttpRoute, MatchedRule, PathMatch, RouteMatch, RouteParent,
+    RouteRetry, RouteRule, ordered_matches,
+};
 pub use identity::Identity;
 pub use model::{Endpoint, Model, ModelOptions, ServicePortView};
 pub use objects::{

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use crate::http_route::{BackendRef, HttpRoute};
 use crate::identity::Identity;
 use crate::objects::{
     AuthorizationAction, AuthorizationPolicy, ExplicitEndpoint, MtlsMode, Namespace, Object,
@@ -47,6 +48,8 @@ pub struct Model {
     /// By target service (namespace, service name).
     #[serde(serialize_with = "values")]
     traffic_policies: BTreeMap<ObjectKey, TrafficPolicy>,
+    #[serde(serialize_with = "values")]
+    http_routes: BTreeMap<ObjectKey, HttpRoute>,
 }
 
 /// Maps serialize as lists of their values: JSON keys must be strings.
@@ -125,6 +128,11 @@ impl Model {
                         }
                     }
                 }
+                Object::HttpRoute(r) => {
+                    model
+                        .http_routes
+                        .insert(ObjectKey::new(&r.namespace, &r.name), r);
+                }
             }
         }
         model
@@ -188,6 +196,33 @@ impl Model {
                 port,
                 fqdn: fqdn.clone(),
             })
+        })
+    }
+
+    /// The HTTPRoutes attached to `port` of `service` (parentRef to the Service,
+    /// and to this port if the parentRef names one), in name order. Empty means
+    /// the port keeps the default route to its own endpoints.
+    pub fn http_routes(&self, service: &Service, port: &ServicePort) -> Vec<&HttpRoute> {
+        if !self.is_meshed(&service.namespace) {
+            return Vec::new();
+        }
+        self.http_routes
+            .range(ObjectKey::new(&service.namespace, "")..)
+            .take_while(|(k, _)| k.namespace == service.namespace)
+            .map(|(_, r)| r)
+            .filter(|r| r.attaches_to(&service.namespace, &service.name, port.port))
+            .collect()
+    }
+
+    /// The service port a route's backend names, if it exists in the mesh; `None`
+    /// makes the backend invalid (Gateway API answers its share with 500).
+    pub fn backend(&self, namespace: &str, backend: &BackendRef) -> Option<ServicePortView<'_>> {
+        let service = self.service(namespace, &backend.service)?;
+        let port = service.ports.iter().find(|p| p.port == backend.port)?;
+        Some(ServicePortView {
+            service,
+            port,
+            fqdn: self.fqdn(service),
         })
     }
 
@@ -478,6 +513,24 @@ spec: {address: 127.0.1.3, ports: [{name: http, port: 8080}], serviceAccount: ca
             .map(|e| e.weight)
             .collect();
         assert_eq!(weights, [9, 1]);
+    }
+
+    #[test]
+    fn routes_attach_by_service_and_port_and_backends_resolve() {
+        let m = model(&format!(
+            "{MESH}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{group: '', kind: Service, name: catalog, port: 80}}]\n  rules: [{{backendRefs: [{{name: catalog, port: 80}}, {{name: catalog, port: 81}}, {{name: ghost, port: 80}}]}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: other-port, namespace: shop}}\nspec:\n  parentRefs: [{{group: '', kind: Service, name: catalog, port: 81}}]\n"
+        ));
+        let svc = m.service("shop", "catalog").unwrap();
+        let routes = m.http_routes(svc, &svc.ports[0]);
+        let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["r"], "only the route for port 80");
+        let backends = &routes[0].rules[0].backends;
+        assert_eq!(
+            m.backend("shop", &backends[0]).map(|v| v.fqdn),
+            Some("catalog.shop.svc.cluster.local".into())
+        );
+        assert!(m.backend("shop", &backends[1]).is_none(), "no such port");
+        assert!(m.backend("shop", &backends[2]).is_none(), "no such service");
     }
 
     #[test]

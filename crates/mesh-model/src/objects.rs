@@ -45,6 +45,8 @@ pub enum Object {
     AuthorizationPolicy(AuthorizationPolicy),
     /// How callers reach one service: balancing and resilience.
     TrafficPolicy(crate::TrafficPolicy),
+    /// How requests to a service are routed (Gateway API).
+    HttpRoute(crate::http_route::HttpRoute),
 }
 
 impl Object {
@@ -58,6 +60,7 @@ impl Object {
                 format!("AuthorizationPolicy/{}/{}", p.namespace, p.name)
             }
             Object::TrafficPolicy(p) => format!("TrafficPolicy/{}/{}", p.namespace, p.name),
+            Object::HttpRoute(r) => format!("HTTPRoute/{}/{}", r.namespace, r.name),
         }
     }
 }

@@ -37,6 +37,8 @@ pub(crate) struct RawMetadata {
     pub(crate) labels: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) annotations: BTreeMap<String, String>,
+    #[serde(default, rename = "creationTimestamp")]
+    pub(crate) creation_timestamp: Option<String>,
 }
 
 /// A Kubernetes ServiceSpec; fields the mesh does not use are tolerated so that real
@@ -258,10 +260,9 @@ fn parse_object(value: serde_yaml::Value) -> Result<Object, ParseFailure> {
         ("mesh.io/v1alpha1", "TrafficPolicy") => parse_traffic_policy(&raw, &namespace)
             .map(Object::TrafficPolicy)
             .map_err(|k| fail(k, &namespace)),
-        ("gateway.networking.k8s.io/v1", "HTTPRoute") => Err(fail(
-            ModelErrorKind::Unsupported(raw.kind.clone()),
-            &namespace,
-        )),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+            parse_http_route(&raw, &namespace).map_err(|k| fail(k, &namespace))
+        }
         _ => Err(fail(
             ModelErrorKind::UnknownKind {
                 kind: raw.kind.clone(),
@@ -300,7 +301,7 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ModelErrorKind> 
     }
 }
 
-fn check_port(field: &str, port: i64) -> Result<u16, ModelErrorKind> {
+pub(crate) fn check_port(field: &str, port: i64) -> Result<u16, ModelErrorKind> {
     u16::try_from(port)
         .ok()
         .filter(|p| *p != 0)
@@ -314,6 +315,23 @@ pub(crate) fn spec<T: serde::de::DeserializeOwned>(raw: &RawDocument) -> Result<
         raw.spec.clone()
     };
     serde_yaml::from_value(spec).map_err(|e| invalid("spec", e.to_string()))
+}
+
+fn parse_http_route(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErrorKind> {
+    check_name("metadata.name", &raw.metadata.name)?;
+    check_name("metadata.namespace", namespace)?;
+    let spec = if raw.spec.is_null() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        raw.spec.clone()
+    };
+    crate::parse_http_route::http_route(
+        &raw.metadata.name,
+        namespace,
+        raw.metadata.creation_timestamp.clone(),
+        spec,
+    )
+    .map(Object::HttpRoute)
 }
 
 fn parse_service(raw: &RawDocument, namespace: &str) -> Result<Object, ModelErrorKind> {
@@ -605,6 +623,7 @@ pub fn render_documents(objects: &[Object]) -> String {
                     "spec": spec,
                 })
             }
+            Object::HttpRoute(r) => crate::parse_http_route::render(r),
             Object::Workload(w) => {
                 let mut spec = json!({"ports": w.ports, "serviceAccount": w.service_account});
                 if let Some(addr) = w.address {
@@ -689,13 +708,9 @@ spec:
     }
 
     #[test]
-    fn unknown_and_unsupported_kinds() {
+    fn unknown_kinds() {
         let e = err("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
         assert!(matches!(e.kind, ModelErrorKind::UnknownKind { .. }), "{e}");
-        let e =
-            err("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: a}\n");
-        assert_eq!(e.kind, ModelErrorKind::Unsupported("HTTPRoute".into()));
-        assert!(e.to_string().contains("not supported yet"));
     }
 
     #[test]

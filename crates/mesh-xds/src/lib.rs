@@ -12,6 +12,7 @@ pub mod names;
 pub mod node;
 pub mod policy;
 pub mod resources;
+pub mod routes;
 pub mod snapshot;
 pub mod types;
 pub mod version;

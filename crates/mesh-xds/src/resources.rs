@@ -488,34 +488,46 @@ pub fn service_route(cluster: &str, policy: &RoutePolicy) -> Route {
 
 /// A route configuration with one virtual host sending everything to `cluster`.
 pub fn single_route(name: &str, cluster: &str, domains: &[&str]) -> RouteConfiguration {
+    route_configuration(name, domains, vec![route_to(cluster)])
+}
+
+/// A route configuration with one virtual host holding `routes`.
+pub fn route_configuration(name: &str, domains: &[&str], routes: Vec<Route>) -> RouteConfiguration {
     RouteConfiguration {
         name: name.into(),
         virtual_hosts: vec![VirtualHost {
             name: name.into(),
             domains: domains.iter().map(|d| d.to_string()).collect(),
-            routes: vec![route_to(cluster)],
+            routes,
             ..Default::default()
         }],
         ..Default::default()
     }
 }
 
-/// A virtual host for one service port, reachable by `domains`, with the
-/// default traffic policy.
+/// A virtual host for one service port, reachable by `domains`, sending
+/// everything to the port's own cluster with the default traffic policy.
 pub fn service_virtual_host(cluster: &str, domains: Vec<String>) -> VirtualHost {
     service_virtual_host_with(cluster, domains, &route_policy(None))
 }
 
-/// A virtual host for one service port with the service's route policy.
+/// A virtual host for one service port without HTTPRoutes: everything to the
+/// port's own cluster, with the service's route policy.
 pub fn service_virtual_host_with(
     cluster: &str,
     domains: Vec<String>,
     policy: &RoutePolicy,
 ) -> VirtualHost {
+    routed_virtual_host(cluster, domains, vec![service_route(cluster, policy)])
+}
+
+/// A virtual host for one service port whose requests `routes` decide (its
+/// HTTPRoutes, see [`crate::routes::service_routes`]).
+pub fn routed_virtual_host(cluster: &str, domains: Vec<String>, routes: Vec<Route>) -> VirtualHost {
     VirtualHost {
         name: cluster.into(),
         domains,
-        routes: vec![service_route(cluster, policy)],
+        routes,
         ..Default::default()
     }
 }

@@ -9,7 +9,8 @@
 //! - LDS: its `outbound` listener, its `inbound` listener if it fronts a known workload,
 //!   and, by name only, the API listener `<fqdn>:<port>` of any meshed service port.
 //! - RDS: the `outbound` routes for its namespace (short names resolve there), and by
-//!   name the `<fqdn>:<port>` route of an API listener.
+//!   name the `<fqdn>:<port>` route of an API listener. A service port with
+//!   HTTPRoutes attached gets their rules in its virtual host ([`crate::routes`]).
 //! - CDS: one EDS cluster per meshed service port, the ORIGINAL_DST
 //!   `PassthroughCluster` (captured traffic to destinations outside the mesh), plus
 //!   `inbound|<port>` clusters for its own workload's ports.
@@ -28,6 +29,7 @@ use mesh_model::{Model, ObjectKey};
 use prost::{Message, Name};
 
 use crate::node::ProxyNode;
+use crate::routes::{self, RouteClient};
 use crate::types::ResourceType;
 use crate::{names, policy, resources, version};
 
@@ -146,12 +148,11 @@ impl Snapshot {
                 Resource::new(&name, &resources::api_listener(&name)),
             );
             let domains = [name.as_str(), view.fqdn.as_str()];
-            let mut api_route = resources::single_route(&name, &name, &domains);
-            api_route.virtual_hosts[0].routes = vec![resources::service_route(
-                &name,
-                &policy::route_policy(traffic),
-            )];
-            api_routes.insert(name.clone(), Resource::new(&name, &api_route));
+            let route_policy = policy::route_policy(traffic);
+            let rules = routes::service_routes(&model, &view, RouteClient::Grpc)
+                .unwrap_or_else(|| vec![resources::service_route(&name, &route_policy)]);
+            let config = resources::route_configuration(&name, &domains, rules);
+            api_routes.insert(name.clone(), Resource::new(&name, &config));
         }
         clusters.insert(
             resources::PASSTHROUGH_CLUSTER.into(),
@@ -238,8 +239,13 @@ fn outbound_routes(model: &Model, client_namespace: &str) -> Arc<Resource> {
             .into_iter()
             .filter(|d| seen.insert(d.clone()))
             .collect();
-            let policy = policy::route_policy(model.traffic_policy(view.service));
-            resources::service_virtual_host_with(&cluster, domains, &policy)
+            match routes::service_routes(model, &view, RouteClient::Sidecar) {
+                Some(rules) => resources::routed_virtual_host(&cluster, domains, rules),
+                None => {
+                    let policy = policy::route_policy(model.traffic_policy(view.service));
+                    resources::service_virtual_host_with(&cluster, domains, &policy)
+                }
+            }
         })
         .collect();
     let config = envoy_types::pb::envoy::config::route::v3::RouteConfiguration {

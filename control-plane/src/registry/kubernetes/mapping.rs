@@ -20,6 +20,8 @@
 //!   through the file source's parser: one meaning wherever a policy is written.
 //!   An invalid policy is skipped and reported; it never blocks the rest.
 //! - `mesh.io/v1alpha1` TrafficPolicy → [`mesh_model::TrafficPolicy`], the same way.
+//! - `gateway.networking.k8s.io/v1` HTTPRoute → [`mesh_model::HttpRoute`], the
+//!   same way (with `creationTimestamp`, which decides precedence ties).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -56,6 +58,8 @@ pub struct ClusterState {
     pub authorization_policies: Vec<Arc<DynamicObject>>,
     /// `mesh.io/v1alpha1` TrafficPolicies.
     pub traffic_policies: Vec<Arc<DynamicObject>>,
+    /// `gateway.networking.k8s.io/v1` HTTPRoutes.
+    pub http_routes: Vec<Arc<DynamicObject>>,
 }
 
 /// The result of one mapping pass.
@@ -102,15 +106,17 @@ pub fn map_cluster(state: &ClusterState) -> Mapped {
             .filter_map(|p| workload(p))
             .map(Object::Workload),
     );
-    let policies = state
-        .authorization_policies
-        .iter()
-        .map(|p| authorization_policy(p))
-        .chain(state.traffic_policies.iter().map(|p| traffic_policy(p)));
-    for policy in policies {
-        match policy {
-            Ok(o) => objects.push(o),
-            Err(e) => mapped.rejected.push(e),
+    let custom = [
+        (&state.authorization_policies, AUTHORIZATION_POLICY),
+        (&state.traffic_policies, TRAFFIC_POLICY),
+        (&state.http_routes, HTTP_ROUTE),
+    ];
+    for (list, kind) in custom {
+        for obj in list {
+            match custom_object(obj, kind) {
+                Ok(o) => objects.push(o),
+                Err(e) => mapped.rejected.push(e),
+            }
         }
     }
     objects.sort_by_cached_key(|o| (kind_rank(o), o.describe()));
@@ -126,6 +132,7 @@ fn kind_rank(o: &Object) -> u8 {
         Object::Workload(_) => 2,
         Object::AuthorizationPolicy(_) => 3,
         Object::TrafficPolicy(_) => 4,
+        Object::HttpRoute(_) => 5,
     }
 }
 
@@ -300,27 +307,31 @@ pub fn workload(pod: &Pod) -> Option<Workload> {
     })
 }
 
-/// A `mesh.io/v1alpha1` AuthorizationPolicy custom resource → the model's
-/// policy, validated exactly like the file source; the error names the object.
-pub fn authorization_policy(obj: &DynamicObject) -> Result<Object, String> {
-    mesh_custom_resource("AuthorizationPolicy", obj)
-}
+/// `(apiVersion, kind)` of the mesh's AuthorizationPolicy custom resource.
+pub const AUTHORIZATION_POLICY: (&str, &str) = ("mesh.io/v1alpha1", "AuthorizationPolicy");
+/// `(apiVersion, kind)` of the mesh's TrafficPolicy custom resource.
+pub const TRAFFIC_POLICY: (&str, &str) = ("mesh.io/v1alpha1", "TrafficPolicy");
+/// `(apiVersion, kind)` of Gateway API's HTTPRoute.
+pub const HTTP_ROUTE: (&str, &str) = ("gateway.networking.k8s.io/v1", "HTTPRoute");
 
-/// A `mesh.io/v1alpha1` TrafficPolicy custom resource → the model's policy,
-/// validated exactly like the file source; the error names the object.
-pub fn traffic_policy(obj: &DynamicObject) -> Result<Object, String> {
-    mesh_custom_resource("TrafficPolicy", obj)
-}
-
-/// A `mesh.io/v1alpha1` custom resource of `kind` through the mesh file's parser
-/// (name, namespace and spec only: status and other metadata mean nothing here).
-fn mesh_custom_resource(kind: &str, obj: &DynamicObject) -> Result<Object, String> {
+/// A custom resource of `(apiVersion, kind)` → the model's object, validated
+/// exactly like the file source (one meaning wherever it is written); the error
+/// names the object.
+pub fn custom_object(
+    obj: &DynamicObject,
+    (api_version, kind): (&str, &str),
+) -> Result<Object, String> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
+    let mut metadata = serde_json::json!({"name": name, "namespace": namespace});
+    if let Some(created) = &obj.metadata.creation_timestamp {
+        // As the API server writes it (RFC 3339, UTC), so ages compare as text.
+        metadata["creationTimestamp"] = serde_json::to_value(created).unwrap_or_default();
+    }
     let document = serde_json::json!({
-        "apiVersion": "mesh.io/v1alpha1",
+        "apiVersion": api_version,
         "kind": kind,
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": metadata,
         "spec": obj.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
     });
     let origin = format!("{kind}/{namespace}/{name}");

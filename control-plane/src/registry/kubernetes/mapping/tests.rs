@@ -251,7 +251,29 @@ fn state(labelled: bool) -> ClusterState {
             "catalog",
             json!({"targetRef": {"kind": "Service", "name": "catalog"}, "loadBalancer": {"simple": "ROUND_ROBIN"}, "retries": {"attempts": 1}}),
         ))],
+        http_routes: vec![de(http_route(json!({
+            "parentRefs": [{"group": "", "kind": "Service", "name": "catalog", "port": 8080}],
+            "rules": [{"backendRefs": [{"name": "catalog", "port": 8080}]}]
+        })))],
     }
+}
+
+/// An HTTPRoute as a cluster with the Gateway API CRDs returns it.
+fn http_route(spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {
+            "creationTimestamp": "2025-05-02T08:00:00Z",
+            "generation": 1,
+            "name": "catalog-canary",
+            "namespace": "shop",
+            "resourceVersion": "1300",
+            "uid": "77"
+        },
+        "spec": spec,
+        "status": {"parents": []}
+    })
 }
 
 #[test]
@@ -419,9 +441,12 @@ fn trimming_a_pod_keeps_its_mapping() {
 
 #[test]
 fn authorization_policies_are_validated_like_files() {
-    let ok = authorization_policy(&de(policy(
-        json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}),
-    )))
+    let ok = custom_object(
+        &de(policy(
+            json!({"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}),
+        )),
+        AUTHORIZATION_POLICY,
+    )
     .unwrap();
     let Object::AuthorizationPolicy(p) = ok else {
         panic!("{ok:?}")
@@ -432,9 +457,12 @@ fn authorization_policies_are_validated_like_files() {
     );
     assert_eq!(p.action, mesh_model::AuthorizationAction::Deny);
 
-    let err = authorization_policy(&de(policy(
-        json!({"rules": [{"from": [{"source": {"principals": ["catalog"]}}]}]}),
-    )))
+    let err = custom_object(
+        &de(policy(
+            json!({"rules": [{"from": [{"source": {"principals": ["catalog"]}}]}]}),
+        )),
+        AUTHORIZATION_POLICY,
+    )
     .unwrap_err();
     assert!(err.contains("AuthorizationPolicy/shop/web-only"), "{err}");
     assert!(err.contains("must be a SPIFFE ID"), "{err}");
@@ -515,6 +543,31 @@ fn store_order_does_not_change_the_mapping() {
         a, b,
         "order-independent; an endpoint in two slices counts once"
     );
+}
+
+#[test]
+fn http_routes_map_through_the_file_parser() {
+    let mapped = map_cluster(&state(true));
+    let route = mapped
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            Object::HttpRoute(r) => Some(r),
+            _ => None,
+        })
+        .expect("the route maps");
+    assert_eq!(route.name, "catalog-canary");
+    assert_eq!(route.created.as_deref(), Some("2025-05-02T08:00:00Z"));
+    assert_eq!(route.parents[0].port, Some(8080));
+    let err = custom_object(
+        &de(http_route(json!({
+            "parentRefs": [{"name": "a-gateway"}],
+        }))),
+        HTTP_ROUTE,
+    )
+    .unwrap_err();
+    assert!(err.starts_with("HTTPRoute/shop/catalog-canary"), "{err}");
+    assert!(err.contains("kind Service"), "{err}");
 }
 
 #[test]
