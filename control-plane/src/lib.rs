@@ -11,7 +11,6 @@ pub mod config;
 pub mod identity;
 pub mod inject;
 pub mod metrics;
-pub mod process_metrics;
 pub mod publish;
 pub mod registry;
 pub mod secure;

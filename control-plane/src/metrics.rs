@@ -63,7 +63,7 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut root = Registry::default();
-        root.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+        root.register_collector(Box::new(mesh_metrics::ProcessCollector));
         let registry = root.sub_registry_with_prefix("mesh");
         let connected_proxies = Gauge::default();
         let pushes = Family::<TypeLabel, Counter>::default();

@@ -240,6 +240,8 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
+        // The standard process metrics, unprefixed, as the controller has them.
+        registry.register_collector(Box::new(mesh_metrics::ProcessCollector));
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,

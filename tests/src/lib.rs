@@ -14,6 +14,7 @@ pub mod strict;
 pub mod xds;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A loopback address no other test in this run uses: 127.<a>.<b>.<c>, derived from
@@ -26,6 +27,33 @@ pub fn unique_ip() -> IpAddr {
     let b = ((pid / 100) % 250) as u8 + 1;
     let c = (n % 250) as u8 + 1;
     IpAddr::V4(Ipv4Addr::new(127, a, b, c))
+}
+
+/// A directory of one test's own (mesh files, logs, CA state): removed when the
+/// test passes, kept when it panics so the logs can be read.
+#[derive(Debug)]
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    /// A fresh, empty directory named after `tag`, the process and a counter, so
+    /// parallel tests and test binaries never share one.
+    pub fn new(tag: &str) -> TestDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mesh-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        TestDir(dir)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A free TCP port on 127.0.0.1 for a server a test is about to start.

@@ -10,28 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use mesh_tests::TestDir;
 use mesh_tests::kube_api::KubeApi;
 use mesh_tests::process::{Controller, bin};
 use serde_json::{Value, json};
-
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-check-{name}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
 
 /// Every document of `deploy/kubernetes/*.yaml`, in file order.
 fn manifests() -> Vec<Value> {
@@ -95,7 +77,7 @@ async fn check(args: &[&str], home: &Path) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_cluster_fails_with_hints() {
     let api = KubeApi::start().await;
-    let dir = temp_dir("empty");
+    let dir = TestDir::new("empty");
     let kubeconfig = dir.0.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     // Nothing listens on the admin address either.
@@ -162,7 +144,7 @@ async fn empty_cluster_fails_with_hints() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_api_server_fails_once() {
-    let dir = temp_dir("gone");
+    let dir = TestDir::new("gone");
     let kubeconfig = dir.0.join("kubeconfig");
     {
         let api = KubeApi::start().await;
@@ -202,7 +184,7 @@ async fn controller(api: &KubeApi, dir: &Path, webhook: SocketAddr) -> (Controll
 #[tokio::test(flavor = "multi_thread")]
 async fn installed_cluster_with_a_running_controller_passes() {
     let api = KubeApi::start().await;
-    let dir = temp_dir("pass");
+    let dir = TestDir::new("pass");
     let webhook = mesh_tests::free_addr();
     // The webhook configuration points at the controller by URL: "localhost"
     // is one of its serving certificate's names, so the dry-run verifies it

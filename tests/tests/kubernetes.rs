@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_end
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_tests::TestDir;
 use mesh_tests::kube_api::KubeApi;
 use mesh_tests::process::Controller;
 use mesh_tests::xds::Sotw;
@@ -28,26 +29,7 @@ struct Mesh {
     controller: Controller,
     xds: SocketAddr,
     admin: SocketAddr,
-    _dir: TempDir,
-}
-
-/// A directory removed when the test ends.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-k8s-{name}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
+    _dir: TestDir,
 }
 
 impl Mesh {
@@ -55,7 +37,7 @@ impl Mesh {
     async fn start(name: &str) -> Mesh {
         let api = KubeApi::start().await;
         api.load_fixtures(&KubeApi::fixtures_dir());
-        let dir = temp_dir(name);
+        let dir = TestDir::new(name);
         let kubeconfig = dir.0.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
         let controller = Controller::start_kubernetes(

@@ -3,10 +3,11 @@
 //! replicas with different `POD_NAME`s) against the test API server.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use mesh_tests::TestDir;
 use mesh_tests::kube_api::KubeApi;
 use mesh_tests::process::{Proc, bin};
 use serde_json::{Value, json};
@@ -14,25 +15,6 @@ use serde_json::{Value, json};
 const NS: &str = "mesh-system";
 const SECRET: &str = "mesh-ca";
 const LEASE: &str = "mesh-controller-leader";
-
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-k8s-ca-{name}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
 
 /// One controller replica: `mesh-controller --registry kubernetes` with the CA
 /// in the Secret (no `--ca-dir`) and its own pod name.
@@ -186,7 +168,7 @@ async fn replicas_share_the_ca_secret_and_elect_one_leader() {
     if api.get("v1", "Namespace", None, NS).is_none() {
         api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
     }
-    let dir = temp_dir("leader");
+    let dir = TestDir::new("leader");
     let kubeconfig = dir.0.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
 

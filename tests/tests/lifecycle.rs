@@ -4,7 +4,6 @@
 //! its grace period even when a request never ends.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -12,30 +11,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_tests::TestDir;
 use mesh_tests::http::get_via_proxy;
 use mesh_tests::process::{Controller, Proc, Sidecar, bin};
 use mesh_tests::{eventually, mesh_yaml, unique_ip};
 use tokio::sync::{mpsc, watch};
-
-/// A temporary directory removed when the test passes.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("mesh-life-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// An app that reports each request it receives and answers only once released
 /// (`release` set to true), so a test can hold requests in flight.
@@ -71,7 +51,7 @@ async fn held_app(addr: SocketAddr) -> (mpsc::UnboundedReceiver<String>, watch::
 
 /// `client-1` calling `slow-1` (the held app), both with sidecars and identities.
 struct Mesh {
-    _dir: Dir,
+    _dir: TestDir,
     _controller: Controller,
     client: Sidecar,
     server: Sidecar,
@@ -81,7 +61,7 @@ struct Mesh {
 
 impl Mesh {
     async fn start(tag: &str, sidecar_flags: &[&str]) -> Mesh {
-        let dir = Dir::new(tag);
+        let dir = TestDir::new(tag);
         let (client_ip, server_ip) = (unique_ip(), unique_ip());
         let file = dir.0.join("mesh.yaml");
         std::fs::write(
@@ -255,7 +235,7 @@ fn wait_ready(args: &[&str]) -> tokio::process::Child {
 
 #[tokio::test]
 async fn wait_ready_returns_only_once_the_sidecar_is_ready() {
-    let dir = Dir::new("wait");
+    let dir = TestDir::new("wait");
     let ip = unique_ip();
     let file = dir.0.join("mesh.yaml");
     std::fs::write(

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use mesh_tests::TestDir;
 use mesh_tests::kube_api::KubeApi;
 use mesh_tests::process::Controller;
 use serde_json::{Value, json};
@@ -21,25 +22,6 @@ use serde_json::{Value, json};
 /// configuration's `service` as `<name>.<namespace>.svc` (one of the DNS names
 /// of the controller's serving certificate, `identity::serving_credentials`).
 const WEBHOOK_HOST: &str = "mesh-controller.mesh-system.svc";
-
-/// A directory removed when the test ends.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-webhook-{name}-{}-{}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
-}
 
 /// The webhook configuration exactly as `deploy/kubernetes/40-webhook.yaml` has it.
 fn webhook_configuration() -> Value {
@@ -56,7 +38,7 @@ struct Mesh {
     controller: Controller,
     admin: SocketAddr,
     webhook: SocketAddr,
-    _dir: TempDir,
+    _dir: TestDir,
 }
 
 impl Mesh {
@@ -69,7 +51,7 @@ impl Mesh {
         api.create(json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "legacy"}}));
         api.create(webhook_configuration());
-        let dir = temp_dir(name);
+        let dir = TestDir::new(name);
         let kubeconfig = dir.0.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).unwrap();
         let webhook = mesh_tests::free_addr();

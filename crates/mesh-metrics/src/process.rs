@@ -1,6 +1,6 @@
-//! The controller's own CPU and memory, as the standard Prometheus process metrics
+//! A process's own CPU and memory, as the standard Prometheus process metrics
 //! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, ...), so dashboards
-//! show the control plane's cost next to what it does.
+//! show what the controller and each sidecar cost next to what they do.
 //!
 //! Read from `/proc/self` on each scrape; on systems without it the metrics are
 //! simply absent.
